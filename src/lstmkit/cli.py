@@ -1,0 +1,130 @@
+"""Command line: ``lstmkit lm train|eval|generate`` (``lstmkit --help``).
+
+User errors (:class:`InputError`) print one line and exit with status 2; Ctrl-C during training
+writes a checkpoint and exits with status 130.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import InputError
+
+
+def _overrides(args) -> dict:
+    from .config import merge, parse_override
+    out: dict = {}
+    for s in args.set or []:
+        out = merge(out, parse_override(s))
+    return out
+
+
+def lm_train(args) -> int:
+    from .config import merge
+    from .lm import LanguageModelTrainer, LMConfig
+    over = _overrides(args)
+    if args.max_minutes:
+        over = merge(over, {"train": {"max_minutes": args.max_minutes}})
+    if args.epochs:
+        over = merge(over, {"train": {"epochs": args.epochs}})
+    if args.runs_dir:
+        over = merge(over, {"train": {"runs_dir": args.runs_dir}})
+    if args.resume:
+        trainer = LanguageModelTrainer.resume(args.resume, over)
+    else:
+        trainer = LanguageModelTrainer.from_config(LMConfig.load(args.config, over), args.run_id)
+    print(f"run folder: {trainer.run.path}", flush=True)
+    res = trainer.fit()
+    print(json.dumps(res))
+    return 130 if trainer._flag and trainer._flag.stop else 0
+
+
+def lm_eval(args) -> int:
+    from .core.device import pick_runtime
+    from .lm import LMConfig, load_corpus, load_model, stream_loss
+    from .lm.evaluate import draw_contexts, fixed_context_nll, perplexity
+    from .config import load_toml
+    model = load_model(args.run, args.checkpoint)
+    cfg = load_toml(LMConfig, f"{args.run}/config.toml")
+    corpus = load_corpus(cfg.data, vocab=model.vocab if cfg.data.format != "npy" else None)
+    stream = corpus.split(args.split)
+    bs = cfg.data.test_batch_size if args.split == "test" else cfg.data.eval_batch_size
+    rt = pick_runtime(args.device, args.precision)
+    model.to(rt.device)
+    loss = stream_loss(model, stream, args.batch_size or bs, cfg.data.bptt, rt)
+    ctx, tgt = draw_contexts(stream, args.n_contexts, 20, seed=args.seed)
+    fc = fixed_context_nll(model.cpu(), ctx, tgt)
+    print(json.dumps({"split": args.split, "loss": loss, "ppl": perplexity(loss), "fixed_context_nll": fc,
+                      "n_contexts": args.n_contexts}))
+    return 0
+
+
+def lm_generate(args) -> int:
+    import numpy as np
+    from .lm import TestLanguageModel, load_model
+    model = load_model(args.run, args.checkpoint)
+    words = args.prompt.split()
+    if not words:
+        raise InputError("--prompt", "empty prompt", "at least one word")
+    unknown = [w for w in words if w not in model.vocab]
+    if unknown and model.vocab.unk is None:
+        raise InputError("--prompt", f"word {unknown[0]!r} is not in the vocabulary", "known words")
+    if unknown:
+        print(f"note: {len(unknown)} prompt word(s) not in the vocabulary, read as <unk>: {unknown[:5]}", file=sys.stderr)
+    ids = np.asarray([model.vocab.encode(words)], dtype=np.int64)
+    out = TestLanguageModel.generation(ids, args.max_new_tokens, model, temperature=args.temperature,
+                                       top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    print(" ".join(model.vocab.decode(out[0])))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lstmkit", description=__doc__.splitlines()[0])
+    top = p.add_subparsers(dest="family", required=True)
+    lm = top.add_parser("lm", help="AWD-LSTM word language model").add_subparsers(dest="cmd", required=True)
+
+    t = lm.add_parser("train", help="train from a TOML config (or resume a run)")
+    t.add_argument("--config", default="configs/wt2-cpu.toml")
+    t.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its last checkpoint")
+    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--run-id", help="name of the run folder (default: unix time)")
+    t.add_argument("--runs-dir", help="parent folder of run folders (default from config: runs)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=20")
+    t.set_defaults(func=lm_train)
+
+    e = lm.add_parser("eval", help="perplexity and fixed-context NLL of a trained run")
+    e.add_argument("run")
+    e.add_argument("--split", default="test", choices=("valid", "test"))
+    e.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--n-contexts", type=int, default=2000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"))
+    e.set_defaults(func=lm_eval)
+
+    g = lm.add_parser("generate", help="continue a prompt")
+    g.add_argument("run")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=20)
+    g.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--seed", type=int)
+    g.set_defaults(func=lm_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as e:
+        print(f"lstmkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lstmkit: interrupted", file=sys.stderr)
+        return 130

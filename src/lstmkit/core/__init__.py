@@ -1,0 +1,1 @@
+"""Pieces shared by the language model (``lm/``) and the speech recognizer (``las/``)."""

@@ -1,0 +1,51 @@
+"""Device, autocast dtype and thread settings, chosen once per run (never at import)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
+    try:
+        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return False
+    return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how to compute: ``device`` and the autocast dtype (``None`` = fp32)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    def autocast(self, enabled: bool = True):
+        """Autocast context for the forward pass; fp32 master weights stay untouched."""
+        if self.amp_dtype is None or not enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def pick_runtime(device: str = "auto", precision: str = "auto", threads: int = 0) -> Runtime:
+    """Resolve ``device`` ('auto'|'cpu'|'cuda'|'cuda:1') and ``precision`` ('auto'|'fp32'|'bf16').
+
+    'auto' precision uses bf16 autocast on CUDA with bf16 support and on CPUs with AMX/AVX512-BF16.
+    ``threads`` > 0 sets torch's intra-op threads (0 keeps torch's default).
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from ..errors import InputError
+        raise InputError("train.device", f"'{device}' requested but CUDA is not available", "'cpu' or 'auto'")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if precision == "auto":
+        fast = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_has_fast_bf16()
+        precision = "bf16" if fast and not os.environ.get("LSTMKIT_FP32") else "fp32"
+    return Runtime(dev, torch.bfloat16 if precision == "bf16" else None)

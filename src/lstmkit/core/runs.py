@@ -1,0 +1,84 @@
+"""Run folders: ``runs/<unix-time>/`` holding config.toml, metrics.jsonl, checkpoint/ and artifacts.
+
+Everything a run writes goes into its folder, nowhere else.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .checkpoint import atomic_write_text
+
+MARKER = "config.toml"
+
+
+class RunFolder:
+    """A run folder. ``RunFolder.create(root)`` makes a new timestamped one; ``RunFolder.open(path)``
+    opens an existing one (checked to be a run folder).
+
+    Example:
+        >>> import tempfile
+        >>> run = RunFolder.create(tempfile.mkdtemp(), run_id="demo")
+        >>> run.log_metrics({"epoch": 1, "val_loss": 5.0}); run.metrics()[0]["val_loss"]
+        5.0
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, root: str | Path = "runs", run_id: str | None = None) -> "RunFolder":
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = int(time.time())
+        name = run_id or str(stamp)
+        path = root / name
+        n = 1
+        while path.exists():  # two runs in the same second get distinct folders
+            if run_id:
+                raise InputError(str(path), "run folder already exists", "a new run_id, or --resume to continue it")
+            path, n = root / f"{stamp}-{n}", n + 1
+        path.mkdir()
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunFolder":
+        path = Path(path)
+        if not (path / MARKER).is_file():
+            raise InputError(str(path), f"not a run folder (no {MARKER})", "a folder written by `lstmkit ... train`")
+        return cls(path)
+
+    def file(self, name: str) -> Path:
+        """Path of an artifact inside the run (parent folders created)."""
+        p = self.path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoint"
+
+    def write_text(self, name: str, text: str) -> Path:
+        p = self.file(name)
+        atomic_write_text(p, text)
+        return p
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON object to metrics.jsonl (one line per epoch or event)."""
+        with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def metrics(self) -> list[dict[str, Any]]:
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def truncate_metrics(self, keep) -> None:
+        """Keep only records for which ``keep(record)`` is true (used when resuming)."""
+        recs = [r for r in self.metrics() if keep(r)]
+        atomic_write_text(self.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in recs))

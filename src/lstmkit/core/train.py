@@ -1,0 +1,72 @@
+"""One optimisation step, shared by every trainer: autocast forward, backward, global-norm
+clipping, a NaN/inf guard that skips the step, and the optimizer step.
+
+The epoch loops live in each model's trainer because what they carry between steps differs
+(hidden state for the language model, teacher forcing for LAS); this is the part they share.
+"""
+from __future__ import annotations
+
+import math
+import signal
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from .device import Runtime
+
+
+@dataclass
+class StepResult:
+    loss: float          # the scalar that was minimised (nan when skipped)
+    grad_norm: float     # global gradient norm before clipping
+    skipped: bool        # True when the loss or gradient was not finite
+
+
+def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
+               params: Iterable[torch.nn.Parameter], clip: float, runtime: Runtime) -> StepResult:
+    """Run ``loss_fn`` under autocast, backpropagate, clip to ``clip`` (0 = off) and step.
+
+    A non-finite loss or gradient norm skips the update (gradients are cleared) and reports
+    ``skipped=True``; the caller counts these and decides when to give up.
+    """
+    params = [p for p in params if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    with runtime.autocast():
+        loss = loss_fn()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return StepResult(value, float("nan"), True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    norm = float(norm)
+    if not math.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(value, norm, True)
+    optimizer.step()
+    return StepResult(value, norm, False)
+
+
+class StopFlag:
+    """Turns Ctrl-C (SIGINT) into a flag the loop checks between steps, so training ends at a
+    step boundary with a checkpoint written. A second Ctrl-C interrupts immediately."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.stop:
+                raise KeyboardInterrupt
+            self.stop = True
+        try:
+            self._old = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False

@@ -1,0 +1,67 @@
+"""The language model's run config: ``[model]``, ``[data]``, ``[optim]``, ``[train]`` tables of a
+TOML file (see ``configs/wt2.toml``). Defaults are the paper's WikiText-2 settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import load_toml
+from .model import AWDLSTMConfig
+
+POS = {"min": 1}
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/wikitext-2"      # folder (wikitext, npy) or train file (text: valid/test beside it)
+    format: str = field(default="wikitext", metadata={"choices": ("wikitext", "text", "npy")})
+    valid_path: str | None = None       # text format only
+    test_path: str | None = None        # text format only
+    max_vocab: int | None = field(default=None, metadata={"min": 3})  # text format: cap, rest <unk>
+    batch_size: int = field(default=80, metadata=POS)
+    eval_batch_size: int = field(default=10, metadata=POS)
+    test_batch_size: int = field(default=1, metadata=POS)
+    bptt: int = field(default=70, metadata={"min": 2})
+    variable_bptt: bool = True
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = field(default="ntasgd", metadata={"choices": ("ntasgd", "sgd", "adam")})
+    lr: float = field(default=30.0, metadata={"min": 0.0, "min_open": True})
+    clip: float = field(default=0.25, metadata={"min": 0.0})     # global grad-norm clip, 0 = off
+    weight_decay: float = field(default=1.2e-6, metadata={"min": 0.0})
+    alpha: float = field(default=2.0, metadata={"min": 0.0})      # AR (section 4.6), 0 = off
+    beta: float = field(default=1.0, metadata={"min": 0.0})       # TAR (section 4.6), 0 = off
+    nonmono: int = field(default=5, metadata=POS)                 # NT-ASGD trigger window
+    lr_decay: float = field(default=1.0, metadata={"min": 0.0, "min_open": True, "max": 1.0})  # per-epoch multiplier
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=750, metadata=POS)
+    max_minutes: float | None = field(default=None, metadata={"min": 0.0, "min_open": True})
+    evals_per_epoch: int = field(default=1, metadata=POS)        # validations (NT-ASGD checks) per epoch
+    seed: int = 141
+    device: str = "auto"
+    precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16")})
+    threads: int = field(default=0, metadata={"min": 0})
+    runs_dir: str = "runs"
+    log_every: int = field(default=100, metadata=POS)
+    checkpoint_every: int = field(default=0, metadata={"min": 0})  # steps; 0 = at each validation only
+    n_predictions: int = field(default=32, metadata=POS)           # contexts scored per epoch
+    context_len: int = field(default=20, metadata=POS)
+    generate_len: int = field(default=10, metadata=POS)
+    max_nonfinite: int = field(default=5, metadata=POS)            # skipped steps in a row before giving up
+
+
+@dataclass
+class LMConfig:
+    model: AWDLSTMConfig = field(default_factory=AWDLSTMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: dict | None = None) -> "LMConfig":
+        return load_toml(cls, path, overrides)

@@ -1,0 +1,128 @@
+"""AR/TAR penalties (section 4.6) and NT-ASGD (section 3) for AWD-LSTM.
+
+NT-ASGD is plain SGD until validation stops improving (the non-monotone trigger below), then
+the same SGD steps continue while an average of the iterates is kept; validation, test and the
+saved "best" model use the averaged weights. With the paper's ``lambd=0, t0=0`` this is what its
+``torch.optim.ASGD`` call computes.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Sequence
+
+import torch
+
+
+def activation_regularization(dropped: torch.Tensor, alpha: float) -> torch.Tensor:
+    """AR: ``alpha * mean(m * h_t ** 2)`` on the last layer's *dropped* outputs (N, T, H)."""
+    return alpha * dropped.float().pow(2).mean()
+
+
+def temporal_activation_regularization(raw: torch.Tensor, beta: float) -> torch.Tensor:
+    """TAR: ``beta * mean((h_t - h_{t+1}) ** 2)`` on the last layer's *raw* outputs (N, T, H)."""
+    if raw.size(1) < 2:
+        return raw.new_zeros((), dtype=torch.float32)
+    return beta * (raw[:, 1:] - raw[:, :-1]).float().pow(2).mean()
+
+
+def should_switch_to_asgd(val_losses: Sequence[float], nonmono: int) -> bool:
+    """The non-monotone trigger: switch when the newest validation loss is worse than the best of
+    all checks except the last ``nonmono`` ones.
+
+    >>> should_switch_to_asgd([5.0, 4.0, 3.9, 3.95, 3.96, 3.97, 3.98, 3.99], nonmono=5)
+    True
+    >>> should_switch_to_asgd([5.0, 4.0, 3.9, 3.8], nonmono=5)
+    False
+    """
+    if len(val_losses) <= nonmono:
+        return False
+    return val_losses[-1] > min(val_losses[:-nonmono])
+
+
+class NTASGD:
+    """SGD with weight decay that starts iterate averaging when :func:`should_switch_to_asgd` fires.
+
+    Call :meth:`step` after each backward, :meth:`check` after each validation, and use
+    ``with opt.averaged():`` to evaluate with the averaged weights.
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
+                 nonmono: int = 5, enabled: bool = True):
+        self.params = [p for p in params if p.requires_grad]
+        self.inner = torch.optim.SGD(self.params, lr=lr, weight_decay=weight_decay)
+        self.base_lr = lr
+        self.nonmono = nonmono
+        self.enabled = enabled
+        self.averaging = False
+        self.switch_epoch: int | None = None
+        self.n_avg = 0
+        self.avg: list[torch.Tensor] = []
+
+    # torch.optim-like surface so core.train.train_step can drive it
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Learning rate for this window: ``base_lr * seq_len / bptt`` (section 4.1)."""
+        for g in self.inner.param_groups:
+            g["lr"] = self.base_lr * scale
+
+    def step(self) -> None:
+        self.inner.step()
+        if self.averaging:
+            self.n_avg += 1
+            with torch.no_grad():
+                for a, p in zip(self.avg, self.params):
+                    a.add_(p.detach() - a, alpha=1.0 / self.n_avg)
+
+    def start_averaging(self, epoch: int | None = None) -> None:
+        self.averaging, self.switch_epoch, self.n_avg = True, epoch, 0
+        self.avg = [p.detach().clone() for p in self.params]
+
+    def check(self, val_losses: Sequence[float], epoch: int | None = None) -> bool:
+        """After a validation: switch to averaging if the trigger fires. Returns True on switch."""
+        if self.enabled and not self.averaging and should_switch_to_asgd(val_losses, self.nonmono):
+            self.start_averaging(epoch)
+            return True
+        return False
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """Temporarily load the averaged weights into the model (no-op before the switch)."""
+        if not self.averaging or self.n_avg == 0:
+            yield
+            return
+        backup = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, a in zip(self.params, self.avg):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(self.params, backup):
+                    p.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"inner": self.inner.state_dict(), "averaging": self.averaging, "n_avg": self.n_avg,
+                "switch_epoch": -1 if self.switch_epoch is None else self.switch_epoch,
+                "avg": list(self.avg), "base_lr": self.base_lr}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.inner.load_state_dict(st["inner"])
+        self.averaging, self.n_avg = bool(st["averaging"]), int(st["n_avg"])
+        self.switch_epoch = None if st["switch_epoch"] < 0 else int(st["switch_epoch"])
+        self.avg = [a.clone() for a in st["avg"]]
+        self.base_lr = float(st["base_lr"])
+
+
+class AdamWrapper(NTASGD):
+    """Adam instead of SGD, same averaging switch (not the paper's; handy for short CPU budgets)."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, nonmono: int = 5, enabled: bool = True):
+        super().__init__(params, lr, weight_decay, nonmono, enabled)
+        self.inner = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay)

@@ -1,0 +1,283 @@
+"""LanguageModelTrainer: the AWD-LSTM training loop with the seed's ``train()/test()/save()`` API.
+
+Each validation writes to the run folder ``runs/<unix-time>/``: ``metrics.jsonl``, ``loss.png``,
+``predictions-<epoch>.npy`` (dev scores, (n, V) float32), ``predictions-test-<epoch>.npy``,
+``generated-<epoch>.txt`` / ``generated-<epoch>-test.txt`` (prompt | continuation) and the
+``last``/``best`` checkpoints; ``LanguageModelTrainer.resume(run)`` continues a run exactly.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import dumps_toml, load_toml, to_dict
+from ..core.checkpoint import load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
+from ..core.device import Runtime, pick_runtime
+from ..core.plots import plot_curves
+from ..core.runs import RunFolder
+from ..core.train import StopFlag, train_step
+from ..errors import InputError
+from .config import LMConfig
+from .data import BPTTIterator, Corpus, Vocabulary, batchify, load_corpus
+from .evaluate import draw_contexts, nll_of_scores, perplexity, stream_loss
+from .generate import TestLanguageModel
+from .model import AWDLSTM, cross_entropy_chunked, detach_hidden
+from .optim import NTASGD, AdamWrapper, activation_regularization, temporal_activation_regularization
+
+
+class LanguageModelDataLoader:
+    """The training stream of ``corpus`` as (N, T) windows of variable length (the seed's loader).
+
+    Holds the whole corpus so the trainer can reach the validation and test splits.
+    """
+
+    def __init__(self, corpus: Corpus, batch_size: int = 80, bptt: int = 70, variable: bool = True, seed: int = 0):
+        self.corpus, self.batch_size, self.bptt = corpus, batch_size, bptt
+        self.iterator = BPTTIterator(batchify(corpus.train, batch_size), bptt, seed, variable)
+
+    def __iter__(self):
+        return iter(self.iterator)
+
+    def __len__(self) -> int:
+        return len(self.iterator)
+
+
+class LanguageModelTrainer:
+    """Train an :class:`AWDLSTM` on ``loader``; ``run_id`` names the run folder (default: unix time)."""
+
+    def __init__(self, model: AWDLSTM, loader: LanguageModelDataLoader, max_epochs: int = 1, run_id: str | None = None,
+                 config: LMConfig | None = None, runtime: Runtime | None = None, run: RunFolder | None = None):
+        self.config = cfg = config or LMConfig(model=model.config)
+        self.model, self.loader, self.max_epochs = model, loader, max_epochs
+        self.vocab = loader.corpus.vocab
+        model.vocab = self.vocab
+        self.runtime = runtime or pick_runtime(cfg.train.device, cfg.train.precision, cfg.train.threads)
+        model.to(self.runtime.device)
+        self.run = run or RunFolder.create(cfg.train.runs_dir, run_id)
+        if run is None:
+            self.run.write_text("config.toml", dumps_toml(to_dict(cfg)))
+            self.vocab.save(self.run.file("vocab.txt"))
+        o = cfg.optim
+        opt_cls = AdamWrapper if o.optimizer == "adam" else NTASGD
+        self.opt = opt_cls(model.parameters(), o.lr, o.weight_decay, o.nonmono, enabled=o.optimizer != "sgd")
+        self.epoch, self.step, self.hidden = 0, 0, None
+        self.val_losses: list[float] = []
+        self.train_losses: list[float] = []
+        self.best_val = math.inf
+        self.elapsed = 0.0          # training seconds over all sessions of this run
+        self.stopped = False        # time budget reached or Ctrl-C
+        self.nonfinite = 0
+        t = cfg.train
+        self.dev_ctx = draw_contexts(loader.corpus.valid, t.n_predictions, t.context_len, seed=t.seed)
+        self.test_ctx = draw_contexts(loader.corpus.test, t.n_predictions, t.context_len, seed=t.seed + 1)
+        self._deadline = math.inf
+        self._flag: StopFlag | None = None
+
+    # ----------------------------------------------------------------------------- training
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        o = self.config.optim
+        dropped, raw, self.hidden = self.model.features(x, self.hidden)
+        loss = cross_entropy_chunked(self.model, dropped, y, chunk=1 << 30)
+        self._last_ce = loss.detach()
+        if o.alpha:
+            loss = loss + activation_regularization(dropped, o.alpha)
+        if o.beta:
+            loss = loss + temporal_activation_regularization(raw, o.beta)
+        return loss
+
+    def train(self) -> float:
+        """Train one epoch (or until the time budget / Ctrl-C); returns the mean training NLL."""
+        cfg, it = self.config, self.loader.iterator
+        self.model.train()
+        dev = self.runtime.device
+        evals = {int(len(it) * k / cfg.train.evals_per_epoch) for k in range(1, cfg.train.evals_per_epoch)}
+        total, count = 0.0, 0
+        bar = tqdm(total=len(it), initial=min(it.pos // it.bptt, len(it)), desc=f"epoch {self.epoch + 1}",
+                   leave=False, dynamic_ncols=True, mininterval=2.0, disable=None)
+        t0 = t_log = time.time()
+        tokens = 0
+        for i, (x, y) in enumerate(it):
+            x, y = x.to(dev), y.to(dev)
+            if self.hidden is None or self.hidden[0][0].size(1) != x.size(0):
+                self.hidden = self.model.init_hidden(x.size(0), dev)
+            self.hidden = detach_hidden(self.hidden)
+            self.opt.set_lr_scale(it.last_scale * cfg.optim.lr_decay ** self.epoch)
+            res = train_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
+            self.step += 1
+            if res.skipped:
+                self._on_nonfinite(res)
+            else:
+                self.nonfinite = 0
+                ce = float(self._last_ce)
+                total, count = total + ce, count + 1
+            tokens += x.numel()
+            bar.update(1)
+            if self.step % cfg.train.log_every == 0 and count:
+                bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{perplexity(total / count):.0f}")
+                self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
+                                      "loss": total / count, "lr": self.opt.param_groups[0]["lr"],
+                                      "grad_norm": res.grad_norm, "tokens_per_s": round(tokens / (time.time() - t_log), 1)})
+                t_log, tokens = time.time(), 0
+            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                self.save()
+            if i + 1 in evals:
+                self.validate(partial=True)
+            if self._should_stop():
+                self.stopped = True
+                break
+        bar.close()
+        self.elapsed += time.time() - t0
+        if not self.stopped:
+            self.epoch += 1
+            self.hidden = None
+        mean = total / max(count, 1)
+        self.train_losses.append(mean)
+        return mean
+
+    def _should_stop(self) -> bool:
+        return (self._flag is not None and self._flag.stop) or time.time() > self._deadline
+
+    def _on_nonfinite(self, res) -> None:
+        self.nonfinite += 1
+        self.run.log_metrics({"type": "nonfinite", "step": self.step, "loss": res.loss, "grad_norm": res.grad_norm})
+        if self.nonfinite >= self.config.train.max_nonfinite:
+            raise FloatingPointError(
+                f"{self.nonfinite} non-finite losses/gradients in a row at step {self.step}; lower optim.lr or "
+                f"raise optim.clip; the last good checkpoint is in {self.run.checkpoint_dir}")
+
+    # ----------------------------------------------------------------------------- evaluation
+    def validate(self, partial: bool = False) -> float:
+        """Validation NLL with the (averaged) weights; NT-ASGD check; metrics, best/last checkpoint."""
+        d = self.config.data
+        with self.opt.averaged():
+            val = stream_loss(self.model, self.loader.corpus.valid, d.eval_batch_size, d.bptt, self.runtime)
+            if val < self.best_val:
+                self.best_val = val
+                save_checkpoint(self.run.checkpoint_dir, "best", f"{self.step:09d}", module_weights(self.model),
+                                {}, {"epoch": self.epoch, "step": self.step, "val_loss": val})
+        self.val_losses.append(val)
+        switched = self.opt.check(self.val_losses, self.epoch)
+        self.run.log_metrics({"type": "valid", "epoch": self.epoch + (0 if not partial else 1), "step": self.step,
+                              "partial_epoch": partial, "val_loss": val, "val_ppl": perplexity(val),
+                              "averaging": self.opt.averaging, "switched_to_asgd": switched,
+                              "elapsed_s": round(self.elapsed, 1)})
+        self.save()
+        return val
+
+    def test(self) -> float:
+        """Validate and write this epoch's artifacts; returns the dev NLL (per token, nats)."""
+        val = self.validate()
+        e = self.epoch + (1 if self.stopped else 0)  # a partial epoch is named after the epoch it ran in
+        with self.opt.averaged():
+            for suffix, (ctx, tgt) in (("", self.dev_ctx), ("-test", self.test_ctx)):
+                scores = TestLanguageModel.prediction(ctx, self.model)
+                name = f"predictions-{e}.npy" if not suffix else f"predictions-test-{e}.npy"
+                np.save(self.run.file(name), scores)
+                gen = TestLanguageModel.generation(ctx[:8], self.config.train.generate_len, self.model)
+                lines = [" ".join(self.vocab.decode(c)) + " | " + " ".join(self.vocab.decode(g)) for c, g in zip(ctx, gen)]
+                self.run.write_text(f"generated-{e}{suffix}.txt", "\n".join(lines) + "\n")
+                nll = nll_of_scores(scores, tgt)
+                if not suffix:
+                    dev_nll = nll
+                else:
+                    test_nll = nll
+        train = self.train_losses[-1] if self.train_losses else float("nan")
+        print(f"epoch {e}: train NLL {train:.4f} | dev NLL {val:.4f} (ppl {perplexity(val):.1f}) | "
+              f"fixed-context NLL dev {dev_nll:.3f} test {test_nll:.3f}", flush=True)
+        self.run.log_metrics({"type": "epoch", "epoch": e, "step": self.step, "train_loss": train, "val_loss": val,
+                              "fixed_context_nll_dev": dev_nll, "fixed_context_nll_test": test_nll,
+                              "elapsed_s": round(self.elapsed, 1)})
+        epochs = [r for r in self.run.metrics() if r.get("type") == "epoch"]
+        plot_curves(self.run.file("loss.png"), {"train": [r["train_loss"] for r in epochs],
+                                                "dev": [r["val_loss"] for r in epochs]},
+                    x=[r["epoch"] for r in epochs], title=f"AWD-LSTM NLL per token ({self.run.path.name})")
+        return val
+
+    # ----------------------------------------------------------------------------- persistence
+    def save(self) -> None:
+        """Write the ``last`` checkpoint atomically (weights, optimizer, RNG, data position, hidden)."""
+        extra = {"optim": self.opt.state_dict(), "rng": rng_state(),
+                 "hidden": [list(h) for h in self.hidden] if self.hidden is not None else []}
+        state = {"epoch": self.epoch, "step": self.step, "val_losses": self.val_losses,
+                 "train_losses": self.train_losses, "best_val": self.best_val, "elapsed": self.elapsed,
+                 "loader": self.loader.iterator.state_dict()}
+        save_checkpoint(self.run.checkpoint_dir, "last", f"{self.step:09d}", module_weights(self.model), extra, state)
+
+    def _restore(self) -> None:
+        weights, extra, st = load_checkpoint(self.run.checkpoint_dir, "last", self.runtime.device)
+        load_module_weights(self.model, weights, str(self.run.checkpoint_dir))
+        self.opt.load_state_dict(extra["optim"])
+        set_rng_state(extra["rng"])
+        self.hidden = [tuple(h) for h in extra["hidden"]] or None
+        self.epoch, self.step, self.elapsed = st["epoch"], st["step"], st["elapsed"]
+        self.val_losses, self.train_losses, self.best_val = st["val_losses"], st["train_losses"], st["best_val"]
+        self.loader.iterator.load_state_dict(st["loader"])
+
+    @classmethod
+    def from_config(cls, config: LMConfig, run_id: str | None = None) -> "LanguageModelTrainer":
+        torch.manual_seed(config.train.seed)
+        np.random.seed(config.train.seed)
+        corpus = load_corpus(config.data)
+        config.model.vocab_size = len(corpus.vocab)
+        model = AWDLSTM(config.model)
+        d = config.data
+        loader = LanguageModelDataLoader(corpus, d.batch_size, d.bptt, d.variable_bptt, seed=config.train.seed)
+        return cls(model, loader, config.train.epochs, run_id, config)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, overrides: dict | None = None) -> "LanguageModelTrainer":
+        """Continue the run in ``run_dir`` from its ``last`` checkpoint (same folder, same metrics)."""
+        run = RunFolder.open(run_dir)
+        config = load_toml(LMConfig, run.path / "config.toml", overrides)
+        vocab = Vocabulary.load(run.path / "vocab.txt")
+        corpus = load_corpus(config.data, vocab=vocab if config.data.format != "npy" else None)
+        model = AWDLSTM(config.model)
+        d = config.data
+        loader = LanguageModelDataLoader(corpus, d.batch_size, d.bptt, d.variable_bptt, seed=config.train.seed)
+        trainer = cls(model, loader, config.train.epochs, config=config, run=run)
+        trainer._restore()
+        return trainer
+
+    def fit(self, max_minutes: float | None = None) -> dict:
+        """Train up to ``max_epochs`` (or ``max_minutes`` of wall time), validating each epoch; then
+        evaluate the best checkpoint on the test split. Ctrl-C stops cleanly after a checkpoint."""
+        minutes = max_minutes or self.config.train.max_minutes
+        self._deadline = time.time() + 60 * minutes if minutes else math.inf
+        with StopFlag() as self._flag:
+            while self.epoch < self.max_epochs and not self.stopped:
+                self.train()
+                self.test()
+        return self.final_eval()
+
+    def final_eval(self) -> dict:
+        """Load the best weights; dev and test perplexity (paper protocol) into ``results.json``."""
+        import json
+        weights, _, st = load_checkpoint(self.run.checkpoint_dir, "best", self.runtime.device)
+        load_module_weights(self.model, weights)
+        d = self.config.data
+        val = stream_loss(self.model, self.loader.corpus.valid, d.eval_batch_size, d.bptt, self.runtime)
+        test = stream_loss(self.model, self.loader.corpus.test, d.test_batch_size, d.bptt, self.runtime)
+        res = {"best_step": st["step"], "val_loss": val, "val_ppl": perplexity(val), "test_loss": test,
+               "test_ppl": perplexity(test), "epochs": self.epoch, "train_seconds": round(self.elapsed, 1)}
+        self.run.write_text("results.json", json.dumps(res, indent=1) + "\n")
+        print(f"best model (step {st['step']}): dev ppl {res['val_ppl']:.2f} | test ppl {res['test_ppl']:.2f}")
+        return res
+
+
+def load_model(run_dir: str | Path, which: str = "best") -> AWDLSTM:
+    """Model of a run folder with its vocabulary attached (``model.vocab``), on CPU, eval mode."""
+    run = RunFolder.open(run_dir)
+    config = load_toml(LMConfig, run.path / "config.toml")
+    model = AWDLSTM(config.model)
+    weights, _, _ = load_checkpoint(run.checkpoint_dir, which)
+    load_module_weights(model, weights, str(run.checkpoint_dir / f"{which}.json"))
+    model.vocab = Vocabulary.load(run.path / "vocab.txt")
+    if len(model.vocab) != config.model.vocab_size:
+        raise InputError(str(run.path / "vocab.txt"), f"{len(model.vocab)} words",
+                         f"{config.model.vocab_size} words as in config.toml/checkpoint")
+    return model.eval()

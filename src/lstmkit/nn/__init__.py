@@ -1,0 +1,5 @@
+"""Regularizers of AWD-LSTM (Merity et al. 2017) as small composable modules."""
+from .dropout import LockedDropout, embedding_dropout
+from .weight_drop import WeightDrop
+
+__all__ = ["LockedDropout", "embedding_dropout", "WeightDrop"]

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from lstmkit.errors import InputError
+from lstmkit.lm import AWDLSTM, AWDLSTMConfig, TestLanguageModel
+from lstmkit.lm.evaluate import generation_nll
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return AWDLSTM(AWDLSTMConfig(vocab_size=40, emb_size=8, hidden_size=12, num_layers=3))
+
+
+def test_shapes_and_tying(model):
+    out = model(torch.randint(0, 40, (3, 7)))
+    assert out.logits.shape == (3, 7, 40)
+    assert out.raw.shape == out.dropped.shape == (3, 7, 8)
+    assert [h[0].shape for h in out.hidden] == [(1, 3, 12), (1, 3, 12), (1, 3, 8)]
+    assert model.decoder.weight is model.encoder.weight
+    assert model.encoder.weight.abs().max() <= 0.1
+
+
+def test_untied_and_dropout_scale():
+    m = AWDLSTM(AWDLSTMConfig(vocab_size=40, emb_size=8, hidden_size=12, num_layers=2, tie_weights=False,
+                              dropout_scale=0.0))
+    assert m.decoder.weight is not m.encoder.weight and m.decoder.in_features == 12
+    m.train()
+    x = torch.randint(0, 40, (2, 5))
+    assert torch.equal(m(x).logits, m(x).logits)            # all dropouts off: deterministic in train
+
+
+def test_eval_is_deterministic(model):
+    model.eval()
+    x = torch.randint(0, 40, (2, 5))
+    assert torch.equal(model(x).logits, model(x).logits)
+
+
+def test_prediction_matches_forward_last_step(model):
+    x = np.random.default_rng(0).integers(0, 40, (4, 6))
+    scores = TestLanguageModel.prediction(x, model)
+    assert scores.dtype == np.float32 and scores.shape == (4, 40)
+    model.eval()
+    with torch.no_grad():
+        ref = model(torch.as_tensor(x)).logits[:, -1]
+    np.testing.assert_allclose(scores, ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_generation_greedy_equals_iterated_prediction(model):
+    x = np.random.default_rng(1).integers(0, 40, (3, 5))
+    gen = TestLanguageModel.generation(x, 4, model)
+    assert gen.shape == (3, 4) and gen.dtype == np.int64
+    seq = x.copy()
+    for k in range(4):   # re-reading the prefix each time must give the same greedy words
+        nxt = TestLanguageModel.prediction(seq, model).argmax(-1)
+        assert (nxt == gen[:, k]).all()
+        seq = np.concatenate([seq, nxt[:, None]], 1)
+    assert generation_nll(model, x, gen) > 0
+
+
+def test_sampling_is_seeded(model):
+    x = np.zeros((2, 3), dtype=np.int64)
+    a = TestLanguageModel.generation(x, 6, model, temperature=1.5, top_k=10, seed=5)
+    b = TestLanguageModel.generation(x, 6, model, temperature=1.5, top_k=10, seed=5)
+    assert (a == b).all()
+    c = TestLanguageModel.generation(x, 6, model, top_p=0.9, seed=5)
+    assert c.shape == (2, 6) and c.max() < 40
+
+
+@pytest.mark.parametrize("inp,match", [
+    (np.zeros(5, dtype=np.int64), "rank 2"),
+    (np.zeros((2, 3, 4), dtype=np.int64), "rank 2"),
+    (np.zeros((2, 3), dtype=np.float32), "dtype float32"),
+    (np.full((2, 3), 40), "id 40 out of range"),
+    (np.full((2, 3), -1), "id -1 out of range"),
+    (np.zeros((0, 3), dtype=np.int64), "N >= 1"),
+    ("hello", "type str"),
+])
+def test_prediction_bad_input(model, inp, match):
+    with pytest.raises(InputError, match=match):
+        TestLanguageModel.prediction(inp, model)
+
+
+@pytest.mark.parametrize("forward", [0, -3, 2.5, True])
+def test_generation_bad_forward(model, forward):
+    with pytest.raises(InputError, match="forward"):
+        TestLanguageModel.generation(np.zeros((1, 2), dtype=np.int64), forward, model)
