@@ -86,3 +86,18 @@ def test_prediction_bad_input(model, inp, match):
 def test_generation_bad_forward(model, forward):
     with pytest.raises(InputError, match="forward"):
         TestLanguageModel.generation(np.zeros((1, 2), dtype=np.int64), forward, model)
+
+
+def test_adaptive_softmax_option_is_a_normalized_distribution():
+    torch.manual_seed(0)
+    m = AWDLSTM(AWDLSTMConfig(vocab_size=300, emb_size=8, hidden_size=12, num_layers=2, softmax="adaptive",
+                              adaptive_cutoffs=[20, 100]))
+    x = torch.randint(0, 300, (2, 5))
+    scores = TestLanguageModel.prediction(x.numpy(), m)
+    assert scores.shape == (2, 300)
+    np.testing.assert_allclose(np.exp(scores).sum(-1), 1.0, rtol=1e-4)
+    m.eval()
+    d, _, _ = m.features(x)
+    y = torch.randint(0, 300, (2, 5))
+    ref = -torch.log_softmax(m.decode(d), -1).gather(-1, y.unsqueeze(-1)).mean()
+    torch.testing.assert_close(m.loss(d, y), ref, rtol=1e-4, atol=1e-4)

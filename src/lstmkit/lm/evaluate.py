@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..core.device import Runtime
 from .data import batchify
-from .model import AWDLSTM, cross_entropy_chunked
+from .model import AWDLSTM
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def stream_loss(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bptt: 
             y = rows[:, i + 1: i + 1 + bptt]
             x = x[:, : y.size(1)]
             dropped, _, hidden = model.features(x, hidden)
-            total += float(cross_entropy_chunked(model, dropped, y)) * y.numel()
+            total += float(model.loss(dropped, y)) * y.numel()
             count += y.numel()
     model.train(was_training)
     return total / max(count, 1)

@@ -41,6 +41,12 @@ class AWDLSTMConfig:
     dropout_scale: float = field(default=1.0, metadata={"min": 0.0})  # multiplies every *_p (ablation)
     tie_weights: bool = True
     init_range: float = field(default=0.1, metadata={"min": 0.0})
+    # Output layer: the paper's full softmax, or an adaptive softmax (Grave et al. 2017,
+    # nn.AdaptiveLogSoftmaxWithLoss; needs ids sorted by frequency, as Vocabulary.build does).
+    # The adaptive softmax has its own weights, so tie_weights does not apply to it.
+    softmax: str = field(default="full", metadata={"choices": ("full", "adaptive")})
+    adaptive_cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
+    adaptive_div: float = field(default=4.0, metadata={"min": 1.0})
 
     def p(self, name: str) -> float:
         """A dropout rate after ``dropout_scale`` (kept below 1)."""
@@ -68,24 +74,30 @@ class AWDLSTM(nn.Module):
         super().__init__()
         self.config = c = config
         self.encoder = nn.Embedding(c.vocab_size, c.emb_size)
-        sizes = [c.emb_size] + [c.hidden_size] * (c.num_layers - 1) + [c.emb_size if c.tie_weights else c.hidden_size]
+        tie = c.tie_weights and c.softmax == "full"
+        sizes = [c.emb_size] + [c.hidden_size] * (c.num_layers - 1) + [c.emb_size if tie else c.hidden_size]
         self.rnns = nn.ModuleList(
             WeightDrop(nn.LSTM(sizes[i], sizes[i + 1], batch_first=True), c.p("wdrop_p")) for i in range(c.num_layers))
         self.lockdrop_i = LockedDropout(c.p("dropouti_p"))
         self.lockdrop_h = LockedDropout(c.p("dropouth_p"))
         self.lockdrop_o = LockedDropout(c.p("dropout_p"))
-        self.decoder = nn.Linear(sizes[-1], c.vocab_size)
-        if c.tie_weights:  # Inan et al. 2016; Press & Wolf 2016
-            self.decoder.weight = self.encoder.weight
+        if c.softmax == "adaptive":
+            cutoffs = [k for k in c.adaptive_cutoffs if 0 < k < c.vocab_size]
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(sizes[-1], c.vocab_size, cutoffs, c.adaptive_div, head_bias=True)
+        else:
+            self.decoder = nn.Linear(sizes[-1], c.vocab_size)
+            if tie:  # Inan et al. 2016; Press & Wolf 2016
+                self.decoder.weight = self.encoder.weight
         self.reset_parameters()
         self.vocab = None  # set by loaders: the Vocabulary the ids refer to
 
     def reset_parameters(self) -> None:
         r = self.config.init_range
         nn.init.uniform_(self.encoder.weight, -r, r)
-        nn.init.zeros_(self.decoder.bias)
-        if not self.config.tie_weights:
-            nn.init.uniform_(self.decoder.weight, -r, r)
+        if self.config.softmax == "full":
+            nn.init.zeros_(self.decoder.bias)
+            if self.decoder.weight is not self.encoder.weight:
+                nn.init.uniform_(self.decoder.weight, -r, r)
         for rnn in self.rnns:  # uniform(-1/sqrt(H), 1/sqrt(H)), the LSTM default, kept explicit
             bound = 1.0 / rnn.module.hidden_size ** 0.5
             for w in rnn.module.parameters():
@@ -110,8 +122,19 @@ class AWDLSTM(nn.Module):
         return x, raw, new_hidden
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
-        """Decoder (tied to the embedding by default): (..., E) -> (..., V)."""
+        """Decoder: (..., E) -> (..., V) raw scores (logits; log-probabilities for the adaptive softmax)."""
+        if self.config.softmax == "adaptive":
+            with torch.autocast(h.device.type, enabled=False):
+                flat = h.reshape(-1, h.size(-1)).float()
+                return self.adaptive.log_prob(flat).view(*h.shape[:-1], -1)
         return self.decoder(h)
+
+    def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-word NLL (nats) of hidden outputs h (N, T, E) against targets (N, T), fp32."""
+        if self.config.softmax == "adaptive":
+            with torch.autocast(h.device.type, enabled=False):
+                return self.adaptive(h.reshape(-1, h.size(-1)).float(), targets.reshape(-1)).loss
+        return cross_entropy_chunked(self, h, targets, chunk=h.numel() if self.training else 4096)
 
     def forward(self, tokens: torch.Tensor, hidden=None) -> LMOutput:
         dropped, raw, hidden = self.features(tokens, hidden)

@@ -26,7 +26,7 @@ from .config import LMConfig
 from .data import BPTTIterator, Corpus, Vocabulary, batchify, load_corpus
 from .evaluate import draw_contexts, nll_of_scores, perplexity, stream_loss
 from .generate import TestLanguageModel
-from .model import AWDLSTM, cross_entropy_chunked, detach_hidden
+from .model import AWDLSTM, detach_hidden
 from .optim import NTASGD, AdamWrapper, activation_regularization, temporal_activation_regularization
 
 
@@ -82,7 +82,7 @@ class LanguageModelTrainer:
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         o = self.config.optim
         dropped, raw, self.hidden = self.model.features(x, self.hidden)
-        loss = cross_entropy_chunked(self.model, dropped, y, chunk=1 << 30)
+        loss = self.model.loss(dropped, y)
         self._last_ce = loss.detach()
         if o.alpha:
             loss = loss + activation_regularization(dropped, o.alpha)
