@@ -1,4 +1,4 @@
-"""Command line: ``lstmkit lm train|eval|generate`` (``lstmkit --help``).
+"""Command line: ``lstmkit lm train|eval|generate``, ``lstmkit las make-toy|train|decode|plot``.
 
 User errors (:class:`InputError`) print one line and exit with status 2; Ctrl-C during training
 writes a checkpoint and exits with status 130.
@@ -79,6 +79,81 @@ def lm_generate(args) -> int:
     return 0
 
 
+def las_make_toy(args) -> int:
+    from pathlib import Path
+    from .las.data import Utterance, write_split
+    from .las.toy import ToyConfig, generate
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(str(out), "folder exists and is not empty", "a new or empty folder (nothing is overwritten)")
+    cfg = ToyConfig(n_train=args.n_train, n_val=args.n_val, seed=args.seed, n_bands=args.n_bands)
+    for split in ("train", "val"):
+        utts = [Utterance(f"{split}-{i:05d}", x, t, sp) for i, (x, t, sp) in enumerate(generate(cfg, split))]
+        write_split(out / split, utts)
+        print(f"{out / split}: {len(utts)} utterances")
+    return 0
+
+
+def las_train(args) -> int:
+    from .config import merge
+    from .las import LASRunConfig, LASTrainer
+    over = _overrides(args)
+    if args.max_minutes:
+        over = merge(over, {"train": {"max_minutes": args.max_minutes}})
+    if args.epochs:
+        over = merge(over, {"train": {"epochs": args.epochs}})
+    if args.runs_dir:
+        over = merge(over, {"train": {"runs_dir": args.runs_dir}})
+    if args.data:
+        over = merge(over, {"data": {"path": args.data}})
+    if args.resume:
+        trainer = LASTrainer.resume(args.resume, over)
+    else:
+        trainer = LASTrainer(LASRunConfig.load(args.config, over), args.run_id)
+    print(f"run folder: {trainer.run.path}", flush=True)
+    print(json.dumps(trainer.fit()))
+    return 130 if trainer._flag and trainer._flag.stop else 0
+
+
+def las_decode(args) -> int:
+    import csv
+    import torch
+    from .las import SpeechDataset, cer, greedy_decode, load_las, wer
+    from .las.data import collate
+    model, vocab = load_las(args.run, args.checkpoint)
+    ds = SpeechDataset.from_folder(args.data, vocab, model.config.n_bands)
+    refs, hyps = [], []
+    for i in range(0, len(ds), args.batch_size):
+        idx = list(range(i, min(i + args.batch_size, len(ds))))
+        b = collate([ds[j] for j in idx], vocab, idx)
+        ids, _ = greedy_decode(model, b.features, b.lengths, vocab.sos, vocab.eos)
+        hyps += [vocab.decode(r.tolist()) for r in ids]
+        refs += [ds.utts[j].text for j in idx]
+    w = csv.writer(sys.stdout, delimiter="\t")
+    for u, h in zip(ds.utts, hyps):
+        w.writerow([u.id, h])
+    print(json.dumps({"n": len(ds), "cer": cer(refs, hyps), "wer": wer(refs, hyps)}), file=sys.stderr)
+    return 0
+
+
+def las_plot(args) -> int:
+    import numpy as np
+    from .core.plots import plot_attention
+    from .core.runs import RunFolder
+    run = RunFolder.open(args.run)
+    path = run.path / "attention.npy"
+    if not path.is_file():
+        raise InputError(str(path), "not found", "a LAS run folder that has validated at least once")
+    att = np.load(path)
+    for i, a in enumerate(att):
+        rows = a[a.sum(-1) > 0]
+        cols = int((a.sum(0) > 0).nonzero()[0].max()) + 1 if rows.size else a.shape[1]
+        out = run.file(f"attention_plots/attention_{i}.png")
+        plot_attention(out, rows[:, :cols], title=f"attention {i}", ylabel="output step")
+        print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lstmkit", description=__doc__.splitlines()[0])
     top = p.add_subparsers(dest="family", required=True)
@@ -115,6 +190,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int)
     g.set_defaults(func=lm_generate)
+
+    las = top.add_parser("las", help="Listen, Attend and Spell").add_subparsers(dest="cmd", required=True)
+    m = las.add_parser("make-toy", help="write a toy speech data set in the real-data folder layout")
+    m.add_argument("out")
+    m.add_argument("--n-train", type=int, default=5000)
+    m.add_argument("--n-val", type=int, default=500)
+    m.add_argument("--n-bands", type=int, default=40)
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=las_make_toy)
+
+    t = las.add_parser("train", help="train LAS from a TOML config (or resume a run)")
+    t.add_argument("--config", default="configs/las-toy.toml")
+    t.add_argument("--data", help="data folder with train/ and val/ (default: toy data generated in memory)")
+    t.add_argument("--resume", metavar="RUN")
+    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--run-id")
+    t.add_argument("--runs-dir")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE")
+    t.set_defaults(func=las_train)
+
+    d = las.add_parser("decode", help="greedy-decode a data split folder; prints id TAB text, CER/WER on stderr")
+    d.add_argument("run")
+    d.add_argument("data", help="a split folder (transcripts.tsv + feats/)")
+    d.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    d.add_argument("--batch-size", type=int, default=64)
+    d.set_defaults(func=las_decode)
+
+    pl = las.add_parser("plot", help="re-draw attention plots of a run from its attention.npy")
+    pl.add_argument("run")
+    pl.set_defaults(func=las_plot)
     return p
 
 

@@ -126,7 +126,9 @@ class LanguageModelTrainer:
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                 self.save()
             if i + 1 in evals:
+                self.elapsed += time.time() - t0
                 self.validate(partial=True)
+                t0 = time.time()
             if self._should_stop():
                 self.stopped = True
                 break

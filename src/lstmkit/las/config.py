@@ -1,0 +1,63 @@
+"""The LAS run config: ``[model]``, ``[data]`` (with ``[data.toy]``), ``[optim]``, ``[train]``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import load_toml
+from .model import LASConfig
+from .toy import ToyConfig
+
+
+@dataclass
+class LASDataConfig:
+    path: str | None = None          # folder with <train_split>/ and <val_split>/; unset = toy data in memory
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = field(default=64, metadata={"min": 1})
+    toy: ToyConfig = field(default_factory=ToyConfig)
+
+
+@dataclass
+class LASOptimConfig:
+    lr: float = field(default=1e-3, metadata={"min": 0.0, "min_open": True})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+    clip: float = field(default=1.0, metadata={"min": 0.0})
+    tf_start: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})    # teacher forcing rate, epoch 1
+    tf_floor: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})    # lowest rate
+    tf_decay: float = field(default=0.02, metadata={"min": 0.0})                # drop per epoch
+
+
+@dataclass
+class LASTrainConfig:
+    epochs: int = field(default=20, metadata={"min": 1})
+    max_minutes: float | None = field(default=None, metadata={"min": 0.0, "min_open": True})
+    evals_per_epoch: int = field(default=1, metadata={"min": 1})
+    seed: int = 0
+    device: str = "auto"
+    precision: str = field(default="fp32", metadata={"choices": ("auto", "fp32", "bf16")})
+    threads: int = field(default=0, metadata={"min": 0})
+    runs_dir: str = "runs"
+    n_plots: int = field(default=10, metadata={"min": 0})
+    max_nonfinite: int = field(default=5, metadata={"min": 1})
+
+
+@dataclass
+class LASRunConfig:
+    model: LASConfig = field(default_factory=LASConfig)
+    data: LASDataConfig = field(default_factory=LASDataConfig)
+    optim: LASOptimConfig = field(default_factory=LASOptimConfig)
+    train: LASTrainConfig = field(default_factory=LASTrainConfig)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: dict | None = None) -> "LASRunConfig":
+        return load_toml(cls, path, overrides)
+
+
+def teacher_forcing_rate(epoch: int, cfg: LASOptimConfig) -> float:
+    """Rate for 0-based ``epoch``: ``tf_start`` decayed linearly by ``tf_decay`` per epoch to ``tf_floor``.
+
+    >>> teacher_forcing_rate(0, LASOptimConfig()), round(teacher_forcing_rate(3, LASOptimConfig()), 2)
+    (1.0, 0.94)
+    """
+    return max(min(cfg.tf_floor, cfg.tf_start), cfg.tf_start - cfg.tf_decay * epoch)

@@ -1,0 +1,183 @@
+"""Listen, Attend and Spell (Chan et al. 2015, arXiv 1508.01211), character level, simplified:
+no pyramid by default, dot-product key/value attention masked at padded frames.
+
+    features (N, S, F), lengths (N,)
+      Listener:  BiLSTM over packed frames [-> pBLSTM x P, each halving S] -> keys, values (N, S', A)
+      Speller:   per output step i (LAS eq. 5-8)
+                   s_i = LSTMCell2(LSTMCell1([embed(y_{i-1}); c_{i-1}]))
+                   c_i, a_i = Attention(query(s_i), keys, values, mask)
+                   logits_i = out([s_i; c_i])                                  -> (N, C)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+@dataclass
+class LASConfig:
+    n_bands: int = field(default=40, metadata={"min": 1})
+    vocab_size: int = field(default=31, metadata={"min": 4})
+    listener_hidden: int = field(default=256, metadata={"min": 1})   # per direction
+    pyramid_layers: int = field(default=0, metadata={"min": 0})      # pBLSTM layers, each halves time
+    key_size: int = field(default=128, metadata={"min": 1})          # keys and values (A)
+    embed_size: int = field(default=128, metadata={"min": 1})
+    speller_hidden: int = field(default=256, metadata={"min": 1})
+    tie_embeddings: bool = True
+    dropout_p: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})
+
+
+class Listener(nn.Module):
+    """BiLSTM encoder over variable-length input, optional pyramid, key/value projections.
+
+    Example:
+        >>> lis = Listener(LASConfig(listener_hidden=16, key_size=8, pyramid_layers=1))
+        >>> k, v, lens = lis(torch.randn(2, 11, 40), torch.tensor([11, 7]))
+        >>> k.shape, lens.tolist()
+        (torch.Size([2, 5, 8]), [5, 3])
+    """
+
+    def __init__(self, cfg: LASConfig):
+        super().__init__()
+        h = cfg.listener_hidden
+        self.blstm = nn.LSTM(cfg.n_bands, h, batch_first=True, bidirectional=True)
+        self.pyramid = nn.ModuleList(nn.LSTM(4 * h, h, batch_first=True, bidirectional=True)
+                                     for _ in range(cfg.pyramid_layers))
+        self.key = nn.Linear(2 * h, cfg.key_size)
+        self.value = nn.Linear(2 * h, cfg.key_size)
+
+    @staticmethod
+    def _run(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = lstm(packed)
+        return pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0]
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        h = self._run(self.blstm, x, lengths)                       # (N, S, 2H)
+        for layer in self.pyramid:                                   # pBLSTM: concat frame pairs
+            n, s, d = h.shape
+            h = h[:, : s // 2 * 2].reshape(n, s // 2, 2 * d)         # (N, S/2, 4H)
+            lengths = torch.clamp(lengths // 2, min=1)
+            h = self._run(layer, h, lengths)
+        return self.key(h), self.value(h), lengths
+
+
+def frame_mask(lengths: torch.Tensor, s: int) -> torch.Tensor:
+    """(N,) lengths -> (N, S) bool, True at real frames."""
+    return torch.arange(s, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class Attention(nn.Module):
+    """Masked dot-product attention: softmax over real frames only, context = weights x values.
+
+    Example:
+        >>> att = Attention(8)
+        >>> ctx, w = att(torch.randn(2, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8),
+        ...              frame_mask(torch.tensor([5, 3]), 5))
+        >>> ctx.shape, float(w[1, 3:].sum())
+        (torch.Size([2, 8]), 0.0)
+    """
+
+    def __init__(self, key_size: int):
+        super().__init__()
+        self.scale = key_size ** -0.5
+
+    def forward(self, query, keys, values, mask):
+        energy = torch.bmm(keys, query.unsqueeze(2)).squeeze(2) * self.scale   # (N, S)
+        energy = energy.float().masked_fill(~mask, float("-inf"))
+        weights = energy.softmax(-1)                                           # (N, S), 0 at padding
+        context = torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (N, A)
+        return context, weights
+
+
+class SpellerState(NamedTuple):
+    h1: torch.Tensor
+    c1: torch.Tensor
+    h2: torch.Tensor
+    c2: torch.Tensor
+    context: torch.Tensor    # (N, A) context of the previous step
+
+
+class Speller(nn.Module):
+    """Character decoder: embedding, two LSTMCells, attention, output from [state; context].
+
+    ``step`` is one output step; teacher forcing, greedy and beam search all call it.
+    """
+
+    def __init__(self, cfg: LASConfig):
+        super().__init__()
+        a, e, h = cfg.key_size, cfg.embed_size, cfg.speller_hidden
+        self.embed = nn.Embedding(cfg.vocab_size, e)
+        self.cell1 = nn.LSTMCell(e + a, h)
+        self.cell2 = nn.LSTMCell(h, h)
+        self.query = nn.Linear(h, a)
+        self.attention = Attention(a)
+        self.proj = nn.Linear(h + a, e)
+        self.out = nn.Linear(e, cfg.vocab_size)
+        if cfg.tie_embeddings:
+            self.out.weight = self.embed.weight
+        self.drop = nn.Dropout(cfg.dropout_p)
+
+    def init_state(self, keys, values, mask) -> SpellerState:
+        n = keys.size(0)
+        z = keys.new_zeros(n, self.cell1.hidden_size)
+        ctx, _ = self.attention(keys.new_zeros(n, keys.size(2)), keys, values, mask)  # mean of values
+        return SpellerState(z, z, z, z, ctx)
+
+    def step(self, prev: torch.Tensor, state: SpellerState, keys, values, mask):
+        """prev (N,) previous characters -> logits (N, C), new state, attention (N, S)."""
+        x = torch.cat([self.embed(prev), state.context], -1)
+        h1, c1 = self.cell1(x, (state.h1, state.c1))
+        h2, c2 = self.cell2(self.drop(h1), (state.h2, state.c2))
+        ctx, w = self.attention(self.query(h2), keys, values, mask)
+        logits = self.out(torch.tanh(self.proj(self.drop(torch.cat([h2, ctx], -1)))))
+        return logits, SpellerState(h1, c1, h2, c2, ctx), w
+
+
+class LAS(nn.Module):
+    """Listener + Speller.
+
+    Example:
+        >>> m = LAS(LASConfig(vocab_size=10, listener_hidden=16, key_size=8, embed_size=8, speller_hidden=16))
+        >>> logits, att = m(torch.randn(2, 12, 40), torch.tensor([12, 9]), torch.ones(2, 4, dtype=torch.long))
+        >>> logits.shape, att.shape
+        (torch.Size([2, 4, 10]), torch.Size([2, 4, 12]))
+    """
+
+    def __init__(self, config: LASConfig):
+        super().__init__()
+        self.config = config
+        self.listener = Listener(config)
+        self.speller = Speller(config)
+
+    def forward(self, features, lengths, inputs, tf_rate: float = 1.0, generator: torch.Generator | None = None):
+        """Teacher-forced decoding: ``inputs`` (N, L) = <sos> + characters. With ``tf_rate`` < 1 each
+        step feeds the model's own previous argmax instead, with probability 1 - tf_rate.
+
+        Returns logits (N, L, C) and attention weights (N, L, S').
+        """
+        keys, values, lens = self.listener(features, lengths)
+        mask = frame_mask(lens, keys.size(1))
+        state = self.speller.init_state(keys, values, mask)
+        logits, atts = [], []
+        prev = inputs[:, 0]
+        for t in range(inputs.size(1)):
+            out, state, w = self.speller.step(prev, state, keys, values, mask)
+            logits.append(out)
+            atts.append(w)
+            if t + 1 < inputs.size(1):
+                prev = inputs[:, t + 1]
+                if tf_rate < 1.0:
+                    own = torch.rand(prev.shape, generator=generator, device=prev.device) >= tf_rate
+                    prev = torch.where(own, out.argmax(-1), prev)
+        return torch.stack(logits, 1), torch.stack(atts, 1)
+
+
+def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, pad: int = 0) -> torch.Tensor:
+    """Mean cross-entropy per real (non-pad) target character."""
+    return F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=pad)

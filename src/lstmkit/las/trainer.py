@@ -1,0 +1,241 @@
+"""LAS training on ``core``: teacher forcing with a schedule, validation by free-running greedy
+decoding (CER/WER), attention metrics and plots. Each validation writes to the run folder::
+
+    attention_plots/attention_<i>.png   first n_plots validation utterances (x frames, y predicted chars)
+    attention.npy                       those attention matrices, zero-padded (n_plots, L, S)
+    predictions.csv                     id, target, prediction (all validation utterances)
+    loss.png, metrics.jsonl, train_X_sample.png, checkpoint/{last,best}
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import dumps_toml, load_toml, to_dict
+from ..core.checkpoint import load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
+from ..core.device import pick_runtime
+from ..core.plots import plot_attention, plot_curves, plot_features
+from ..core.runs import RunFolder
+from ..core.train import StopFlag, train_step
+from ..errors import InputError
+from .config import LASRunConfig, teacher_forcing_rate
+from .data import CharVocabulary, SpeechDataset, Utterance, collate, length_buckets, read_split
+from .decode import greedy_decode
+from .metrics import alignment_accuracy, cer, monotonic_focus, wer
+from .model import LAS, sequence_loss
+from .toy import generate
+
+
+def load_splits(cfg: LASRunConfig) -> tuple[list[Utterance], list[Utterance]]:
+    """Train and validation utterances: from ``data.path`` or generated toy data."""
+    d = cfg.data
+    if d.path is None:
+        return [[Utterance(f"{s}-{i:05d}", x, t, sp) for i, (x, t, sp) in enumerate(generate(d.toy, s))]
+                for s in ("train", "val")]
+    root = Path(d.path)
+    return read_split(root / d.train_split, cfg.model.n_bands), read_split(root / d.val_split, cfg.model.n_bands)
+
+
+class LASTrainer:
+    """Train :class:`LAS` from a :class:`LASRunConfig`; ``fit()`` runs epochs until done or out of time."""
+
+    def __init__(self, config: LASRunConfig, run_id: str | None = None, run: RunFolder | None = None,
+                 vocab: CharVocabulary | None = None):
+        self.config = cfg = config
+        self.runtime = pick_runtime(cfg.train.device, cfg.train.precision, cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        train, val = load_splits(cfg)
+        chars = cfg.data.toy.alphabet if cfg.data.path is None else sorted({c for u in train for c in u.text})
+        self.vocab = vocab or CharVocabulary(chars)
+        cfg.model.vocab_size = len(self.vocab)
+        self.train_set = SpeechDataset(train, self.vocab, f"{cfg.data.path or 'toy'}/{cfg.data.train_split}")
+        self.val_set = SpeechDataset(val, self.vocab, f"{cfg.data.path or 'toy'}/{cfg.data.val_split}")
+        self.model = LAS(cfg.model).to(self.runtime.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.run = run or RunFolder.create(cfg.train.runs_dir, run_id)
+        if run is None:
+            self.run.write_text("config.toml", dumps_toml(to_dict(cfg)))
+            self.run.write_text("chars.json", json.dumps(self.vocab.chars()))
+            u = train[0]
+            plot_features(self.run.file("train_X_sample.png"), u.features, f"train sample {u.id}: {u.text!r}")
+        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
+        self.elapsed, self.best_cer, self.nonfinite = 0.0, math.inf, 0
+        self.rng = np.random.default_rng(cfg.train.seed)
+        self.epoch_rng_state = self.rng.bit_generator.state
+        self.history: list[dict] = []
+        self._flag: StopFlag | None = None
+        self._deadline = math.inf
+        self.stopped = False
+
+    # ------------------------------------------------------------------------------ training
+    def _batch(self, ds: SpeechDataset, idx):
+        b = collate([ds[i] for i in idx], self.vocab, idx)
+        dev = self.runtime.device
+        return b.features.to(dev), b.lengths.to(dev), b.inputs.to(dev), b.targets.to(dev)
+
+    def train_epoch(self) -> float:
+        cfg = self.config
+        self.rng.bit_generator.state = self.epoch_rng_state
+        batches = length_buckets([len(t) for t in self.train_set.targets], cfg.data.batch_size, self.rng)
+        evals = {int(len(batches) * k / cfg.train.evals_per_epoch) for k in range(1, cfg.train.evals_per_epoch)}
+        tf = teacher_forcing_rate(self.epoch, cfg.optim)
+        self.model.train()
+        total = count = 0.0
+        t0 = time.time()
+        for i in tqdm(range(self.batch_in_epoch, len(batches)), desc=f"epoch {self.epoch + 1}", leave=False, disable=None):
+            x, lens, inp, tgt = self._batch(self.train_set, batches[i])
+            res = train_step(lambda: sequence_loss(self.model(x, lens, inp, tf)[0], tgt, self.vocab.pad),
+                             self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
+            self.step += 1
+            self.batch_in_epoch = i + 1
+            if res.skipped:
+                self.nonfinite += 1
+                self.run.log_metrics({"type": "nonfinite", "step": self.step, "loss": res.loss})
+                if self.nonfinite >= cfg.train.max_nonfinite:
+                    raise FloatingPointError(f"{self.nonfinite} non-finite losses in a row at step {self.step}; "
+                                             "lower optim.lr or optim.clip")
+            else:
+                self.nonfinite = 0
+                total, count = total + res.loss, count + 1
+            if i + 1 in evals:
+                self.elapsed += time.time() - t0
+                t0 = time.time()
+                self.validate(total / max(count, 1), partial=True)
+            if (self._flag is not None and self._flag.stop) or time.time() > self._deadline:
+                self.stopped = True
+                break
+        self.elapsed += time.time() - t0
+        if not self.stopped:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.epoch_rng_state = self.rng.bit_generator.state
+        return total / max(count, 1)
+
+    # ------------------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def evaluate(self, n_plots: int = 0) -> dict:
+        """Free-running CER/WER, teacher-forced loss and attention metrics on the validation set."""
+        ds, v = self.val_set, self.vocab
+        order = length_buckets([0] * len(ds), self.config.data.batch_size, None)
+        refs, hyps, free_atts, tf_atts, spans, losses = [], [], [], [], [], []
+        self.model.eval()
+        with self.runtime.autocast():
+            for idx in order:
+                x, lens, inp, tgt = self._batch(ds, idx)
+                logits, att = self.model(x, lens, inp)
+                losses.append(float(sequence_loss(logits, tgt, v.pad)) * int((tgt != v.pad).sum()))
+                ids, fatt = greedy_decode(self.model, x, lens, v.sos, v.eos, max_ratio=1.0)
+                for k, i in enumerate(idx):
+                    u = ds.utts[i]
+                    hyp = v.decode(ids[k].tolist())
+                    refs.append(u.text)
+                    hyps.append(hyp)
+                    s = int(lens[k])
+                    free_atts.append(fatt[k, : len(hyp) + 1, :s].float().cpu().numpy())
+                    if u.spans is not None:
+                        tf_atts.append(att[k, : len(u.text), :s].float().cpu().numpy())
+                        spans.append(u.spans)
+        n_chars = sum(len(r) + 1 for r in refs)
+        out = {"val_loss": sum(losses) / n_chars, "cer": cer(refs, hyps), "wer": wer(refs, hyps),
+               "monotonic_focus": monotonic_focus(free_atts)}
+        if spans:
+            out["alignment_accuracy"] = alignment_accuracy(tf_atts, spans)
+        self._last = (refs, hyps, free_atts)
+        return out
+
+    def validate(self, train_loss: float, partial: bool = False) -> dict:
+        m = self.evaluate()
+        epoch = self.epoch + (1 if partial or self.stopped else 0)
+        rec = {"type": "valid", "epoch": epoch, "step": self.step, "partial_epoch": partial or self.stopped,
+               "train_loss": train_loss, **m, "tf_rate": teacher_forcing_rate(self.epoch, self.config.optim),
+               "elapsed_s": round(self.elapsed, 1),
+               "utterances_per_s": round(self.step * self.config.data.batch_size / max(self.elapsed, 1e-9), 1)}
+        self.history.append(rec)
+        self.run.log_metrics(rec)
+        print(f"epoch {epoch} step {self.step} ({rec['elapsed_s']} s): train loss {train_loss:.4f} | val loss "
+              f"{m['val_loss']:.4f} | CER {100 * m['cer']:.2f}% WER {100 * m['wer']:.2f}% | alignment "
+              f"{m.get('alignment_accuracy', float('nan')):.3f} | focus {m['monotonic_focus']:.3f}", flush=True)
+        self.write_artifacts(epoch, m["cer"])
+        if m["cer"] < self.best_cer:
+            self.best_cer = m["cer"]
+            save_checkpoint(self.run.checkpoint_dir, "best", f"{self.step:09d}", module_weights(self.model), {},
+                            {"epoch": epoch, "step": self.step, "cer": m["cer"]})
+        self.save()
+        return rec
+
+    def write_artifacts(self, epoch: int, cer_value: float) -> None:
+        refs, hyps, atts = self._last
+        n = min(self.config.train.n_plots, len(refs))
+        for i in range(n):
+            labels = list(hyps[i]) + ["<eos>"]
+            plot_attention(self.run.file(f"attention_plots/attention_{i}.png"), atts[i], labels[: atts[i].shape[0]],
+                           title=f"epoch {epoch}, CER {100 * cer_value:.2f}% | {self.val_set.utts[i].id}",
+                           ylabel="predicted character")
+        if n:
+            shape = (n, max(a.shape[0] for a in atts[:n]), max(a.shape[1] for a in atts[:n]))
+            padded = np.zeros(shape, np.float32)
+            for i in range(n):
+                padded[i, : atts[i].shape[0], : atts[i].shape[1]] = atts[i]
+            np.save(self.run.file("attention.npy"), padded)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["id", "target", "prediction"])
+        w.writerows((u.id, r, h) for u, r, h in zip(self.val_set.utts, refs, hyps))
+        self.run.write_text("predictions.csv", buf.getvalue())
+        hist = self.history
+        plot_curves(self.run.file("loss.png"), {"train": [r["train_loss"] for r in hist], "dev": [r["val_loss"] for r in hist]},
+                    x=[r["elapsed_s"] for r in hist], xlabel="training seconds", ylabel="loss (nats per character)",
+                    title=f"LAS teacher-forced loss ({self.run.path.name})")
+
+    # ------------------------------------------------------------------------------ persistence
+    def save(self) -> None:
+        state = {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed,
+                 "best_cer": self.best_cer, "epoch_rng": self.epoch_rng_state, "history": self.history}
+        save_checkpoint(self.run.checkpoint_dir, "last", f"{self.step:09d}", module_weights(self.model),
+                        {"optim": self.opt.state_dict(), "rng": rng_state()}, state)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, overrides: dict | None = None) -> "LASTrainer":
+        run = RunFolder.open(run_dir)
+        cfg = load_toml(LASRunConfig, run.path / "config.toml", overrides)
+        vocab = CharVocabulary(json.loads((run.path / "chars.json").read_text(encoding="utf-8")))
+        t = cls(cfg, run=run, vocab=vocab)
+        weights, extra, st = load_checkpoint(run.checkpoint_dir, "last", t.runtime.device)
+        load_module_weights(t.model, weights, str(run.checkpoint_dir))
+        t.opt.load_state_dict(extra["optim"])
+        set_rng_state(extra["rng"])
+        t.epoch, t.step, t.batch_in_epoch, t.elapsed = st["epoch"], st["step"], st["batch_in_epoch"], st["elapsed"]
+        t.best_cer, t.history, t.epoch_rng_state = st["best_cer"], st["history"], st["epoch_rng"]
+        return t
+
+    def fit(self, max_minutes: float | None = None) -> dict:
+        minutes = max_minutes or self.config.train.max_minutes
+        self._deadline = time.time() + 60 * minutes if minutes else math.inf
+        with StopFlag() as self._flag:
+            while self.epoch < self.config.train.epochs and not self.stopped:
+                loss = self.train_epoch()
+                self.validate(loss)
+        return self.history[-1]
+
+
+def load_las(run_dir: str | Path, which: str = "best") -> tuple[LAS, CharVocabulary]:
+    """Trained model (CPU, eval mode) and its character vocabulary from a run folder."""
+    run = RunFolder.open(run_dir)
+    cfg = load_toml(LASRunConfig, run.path / "config.toml")
+    vocab_file = run.path / "chars.json"
+    if not vocab_file.is_file():
+        raise InputError(str(vocab_file), "not found", "a LAS run folder (chars.json)")
+    vocab = CharVocabulary(json.loads(vocab_file.read_text(encoding="utf-8")))
+    cfg.model.vocab_size = len(vocab)
+    model = LAS(cfg.model)
+    weights, _, _ = load_checkpoint(run.checkpoint_dir, which)
+    load_module_weights(model, weights, str(run.checkpoint_dir))
+    return model.eval(), vocab

@@ -1,0 +1,143 @@
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lstmkit.config import from_dict
+from lstmkit.errors import InputError
+from lstmkit.las import (LAS, Attention, CharVocabulary, LASConfig, LASRunConfig, LASTrainer, SpeechDataset, ToyConfig,
+                         Utterance, greedy_decode, read_split, write_split)
+from lstmkit.las.model import frame_mask
+from lstmkit.las.toy import generate
+
+
+def small_model(**kw):
+    torch.manual_seed(0)
+    return LAS(LASConfig(vocab_size=10, listener_hidden=16, key_size=8, embed_size=8, speller_hidden=16, **kw))
+
+
+def test_attention_gives_padded_frames_exactly_zero():
+    att = Attention(8)
+    keys = torch.randn(3, 6, 8)
+    keys[1, 2:] = 1e4                                        # huge energies at padding must not leak
+    ctx, w = att(torch.randn(3, 8), keys, torch.randn(3, 6, 8), frame_mask(torch.tensor([6, 2, 4]), 6))
+    assert torch.equal(w[1, 2:], torch.zeros(4)) and torch.equal(w[2, 4:], torch.zeros(2))
+    torch.testing.assert_close(w.sum(-1), torch.ones(3))
+
+
+def test_shapes_through_listener_attention_speller():
+    m = small_model(pyramid_layers=2)
+    logits, att = m(torch.randn(2, 17, 40), torch.tensor([17, 9]), torch.ones(2, 5, dtype=torch.long))
+    assert logits.shape == (2, 5, 10) and att.shape == (2, 5, 4)
+    assert torch.equal(att[1, :, 2:], torch.zeros(5, 2))    # 9 frames -> 2 after two halvings
+
+
+def test_padding_does_not_change_outputs():
+    m = small_model().eval()
+    x = torch.randn(1, 9, 40)
+    inp = torch.tensor([[1, 4, 5]])
+    a, _ = m(x, torch.tensor([9]), inp)
+    padded = torch.cat([x, torch.randn(1, 5, 40)], 1)
+    b, _ = m(padded, torch.tensor([9]), inp)
+    torch.testing.assert_close(a, b)
+
+
+def test_greedy_decode_equals_teacher_forcing_on_its_own_output_and_stops_at_eos():
+    m = small_model().eval()
+    x, lens = torch.randn(3, 12, 40), torch.tensor([12, 10, 7])
+    with torch.no_grad():   # make <eos> (id 2) likely so decoding stops early
+        m.speller.out.bias.zero_()
+        m.speller.out.bias[2] = 3.0
+    ids, att = greedy_decode(m, x, lens, sos=1, eos=2, max_len=20)
+    assert (ids[:, -1] == 2).all() and ids.size(1) < 20
+    inp = torch.cat([torch.ones(3, 1, dtype=torch.long), ids[:, :-1]], 1)
+    logits, att_tf = m(x, lens, inp)
+    assert torch.equal(logits.argmax(-1), ids)
+    torch.testing.assert_close(att, att_tf)
+
+
+def test_toy_data_is_deterministic_and_spans_exact():
+    cfg = ToyConfig(n_train=20, n_val=5, seed=3, noise=0.0, smoothing=0.0, jitter=0.0)
+    a, b = generate(cfg, "train"), generate(cfg, "train")
+    assert all(np.array_equal(x, y) and s == t for (x, s, _), (y, t, _) in zip(a, b))
+    assert generate(cfg, "val")[0][1] != a[0][1]
+    from lstmkit.las.toy import symbol_spectra
+    spectra = symbol_spectra(cfg)
+    for x, text, spans in a:
+        assert 10 <= len(text) <= 30 and set(text) <= set(cfg.alphabet)
+        assert spans[0][0] == 0 and spans[-1][1] == len(x)
+        for ch, (s, e) in zip(text, spans):
+            assert 3 <= e - s <= 8
+            np.testing.assert_allclose(x[s:e], np.repeat(spectra[cfg.alphabet.index(ch)][None], e - s, 0), atol=1e-6)
+
+
+def write_toy(folder, n=6, bands=40):
+    cfg = ToyConfig(n_train=n, n_val=n, n_bands=bands)
+    utts = [Utterance(f"u{i}", x, t, sp) for i, (x, t, sp) in enumerate(generate(cfg, "train"))]
+    write_split(folder, utts)
+    return utts
+
+
+def test_folder_roundtrip(tmp_path):
+    utts = write_toy(tmp_path / "train")
+    back = read_split(tmp_path / "train")
+    assert [u.text for u in back] == [u.text for u in utts] and back[0].spans == utts[0].spans
+    np.testing.assert_array_equal(back[0].features, utts[0].features)
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda d: np.save(d / "feats" / "u0.npy", np.zeros((5, 39), np.float32)), "39 bands"),
+    (lambda d: np.save(d / "feats" / "u0.npy", np.zeros((0, 40), np.float32)), "zero frames"),
+    (lambda d: np.save(d / "feats" / "u0.npy", np.full((5, 40), np.nan, np.float32)), "NaN or inf"),
+    (lambda d: np.save(d / "feats" / "u0.npy", np.zeros(40, np.float32)), "2-D array"),
+    (lambda d: (d / "feats" / "u1.npy").unlink(), "u1.npy: features of utterance 'u1'"),
+    (lambda d: np.save(d / "feats" / "extra.npy", np.zeros((5, 40), np.float32)), "without a transcript line"),
+    (lambda d: (d / "transcripts.tsv").write_text("u0\tHELLO\n" + "".join(f"u{i}\tab\n" for i in range(1, 6))),
+     "character 'H' is not in the vocabulary"),
+    (lambda d: (d / "transcripts.tsv").write_text(""), "no utterances"),
+])
+def test_bad_speech_data(tmp_path, damage, match):
+    d = tmp_path / "train"
+    write_toy(d)
+    damage(d)
+    with pytest.raises(InputError, match=match):
+        SpeechDataset.from_folder(d, CharVocabulary(ToyConfig().alphabet))
+
+
+def test_missing_data_folder(tmp_path):
+    with pytest.raises(InputError, match="data folder not found"):
+        read_split(tmp_path / "nope")
+
+
+def tiny_las_config(runs, **train):
+    return from_dict(LASRunConfig, {
+        "model": {"listener_hidden": 64, "key_size": 64, "embed_size": 32, "speller_hidden": 128},
+        "data": {"batch_size": 32, "toy": {"n_train": 1500, "n_val": 40, "min_chars": 4, "max_chars": 8, "seed": 1}},
+        "optim": {"lr": 0.003},
+        "train": {"epochs": 6, "runs_dir": str(runs), "seed": 0, "evals_per_epoch": 1, **train}})
+
+
+@pytest.mark.slow
+def test_cli_make_toy_train_decode_plot(tmp_path):
+    cli = [sys.executable, "-m", "lstmkit", "las"]
+    r = subprocess.run(cli + ["make-toy", str(tmp_path / "toy"), "--n-train", "64", "--n-val", "8"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "toy" / "train" / "feats").glob("*.npy"))) == 64
+    r = subprocess.run(cli + ["make-toy", str(tmp_path / "toy")], capture_output=True, text=True)
+    assert r.returncode == 2 and "not empty" in r.stderr
+    r = subprocess.run(cli + ["train", "--data", str(tmp_path / "toy"), "--runs-dir", str(tmp_path / "runs"), "--run-id", "x",
+                              "--epochs", "1", "--set", "model.listener_hidden=16", "--set", "model.speller_hidden=16",
+                              "--set", "model.key_size=8", "--set", "model.embed_size=8"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(cli + ["decode", str(tmp_path / "runs" / "x"), str(tmp_path / "toy" / "val")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip().splitlines()) == 8 and "cer" in r.stderr
+    r = subprocess.run(cli + ["plot", str(tmp_path / "runs" / "x")], capture_output=True, text=True)
+    assert r.returncode == 0 and "attention_0.png" in r.stdout
+    r = subprocess.run(cli + ["train", "--data", str(tmp_path / "nothing"), "--runs-dir", str(tmp_path / "runs")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "data folder not found" in r.stderr and "Traceback" not in r.stderr
