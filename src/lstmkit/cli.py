@@ -13,31 +13,31 @@ from .errors import InputError
 
 
 def _overrides(args) -> dict:
+    """``--set k=v`` flags plus the train flags shared by ``lm train`` and ``las train``."""
     from .config import merge, parse_override
     out: dict = {}
     for s in args.set or []:
         out = merge(out, parse_override(s))
+    for flag, key in (("max_minutes", "max_minutes"), ("epochs", "epochs"), ("runs_dir", "runs_dir")):
+        if getattr(args, flag, None):
+            out = merge(out, {"train": {key: getattr(args, flag)}})
+    if getattr(args, "data", None):
+        out = merge(out, {"data": {"path": args.data}})
     return out
 
 
+def _fit(trainer) -> int:
+    print(f"run folder: {trainer.run.path}", flush=True)
+    print(json.dumps(trainer.fit()))
+    return 130 if trainer._flag and trainer._flag.stop else 0
+
+
 def lm_train(args) -> int:
-    from .config import merge
     from .lm import LanguageModelTrainer, LMConfig
     over = _overrides(args)
-    if args.max_minutes:
-        over = merge(over, {"train": {"max_minutes": args.max_minutes}})
-    if args.epochs:
-        over = merge(over, {"train": {"epochs": args.epochs}})
-    if args.runs_dir:
-        over = merge(over, {"train": {"runs_dir": args.runs_dir}})
     if args.resume:
-        trainer = LanguageModelTrainer.resume(args.resume, over)
-    else:
-        trainer = LanguageModelTrainer.from_config(LMConfig.load(args.config, over), args.run_id)
-    print(f"run folder: {trainer.run.path}", flush=True)
-    res = trainer.fit()
-    print(json.dumps(res))
-    return 130 if trainer._flag and trainer._flag.stop else 0
+        return _fit(LanguageModelTrainer.resume(args.resume, over))
+    return _fit(LanguageModelTrainer.from_config(LMConfig.load(args.config, over), args.run_id))
 
 
 def lm_eval(args) -> int:
@@ -95,24 +95,11 @@ def las_make_toy(args) -> int:
 
 
 def las_train(args) -> int:
-    from .config import merge
     from .las import LASRunConfig, LASTrainer
     over = _overrides(args)
-    if args.max_minutes:
-        over = merge(over, {"train": {"max_minutes": args.max_minutes}})
-    if args.epochs:
-        over = merge(over, {"train": {"epochs": args.epochs}})
-    if args.runs_dir:
-        over = merge(over, {"train": {"runs_dir": args.runs_dir}})
-    if args.data:
-        over = merge(over, {"data": {"path": args.data}})
     if args.resume:
-        trainer = LASTrainer.resume(args.resume, over)
-    else:
-        trainer = LASTrainer(LASRunConfig.load(args.config, over), args.run_id)
-    print(f"run folder: {trainer.run.path}", flush=True)
-    print(json.dumps(trainer.fit()))
-    return 130 if trainer._flag and trainer._flag.stop else 0
+        return _fit(LASTrainer.resume(args.resume, over))
+    return _fit(LASTrainer(LASRunConfig.load(args.config, over), args.run_id))
 
 
 def las_decode(args) -> int:
