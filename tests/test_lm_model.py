@@ -91,7 +91,7 @@ def test_generation_bad_forward(model, forward):
 def test_adaptive_softmax_option_is_a_normalized_distribution():
     torch.manual_seed(0)
     m = AWDLSTM(AWDLSTMConfig(vocab_size=300, emb_size=8, hidden_size=12, num_layers=2, softmax="adaptive",
-                              adaptive_cutoffs=[20, 100]))
+                              adaptive_cutoffs=[20, 100], adaptive_div=2.0))
     x = torch.randint(0, 300, (2, 5))
     scores = TestLanguageModel.prediction(x.numpy(), m)
     assert scores.shape == (2, 300)
