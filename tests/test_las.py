@@ -11,7 +11,7 @@ from lstmkit.config import from_dict
 from lstmkit.errors import InputError
 from lstmkit.las import (LAS, Attention, CharVocabulary, LASConfig, LASRunConfig, LASTrainer, SpeechDataset, ToyConfig,
                          Utterance, greedy_decode, read_split, write_split)
-from lstmkit.las.model import frame_mask
+from lstmkit.las.model import BiLSTM, frame_mask
 from lstmkit.las.toy import generate
 
 
@@ -44,6 +44,26 @@ def test_padding_does_not_change_outputs():
     padded = torch.cat([x, torch.randn(1, 5, 40)], 1)
     b, _ = m(padded, torch.tensor([9]), inp)
     torch.testing.assert_close(a, b)
+
+
+def test_bilstm_equals_packed_bidirectional_lstm_with_same_weights():
+    torch.manual_seed(0)
+    bi = BiLSTM(5, 7)
+    ref = torch.nn.LSTM(5, 7, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(ref, f"{name}_l0").copy_(getattr(bi.forward_lstm, f"{name}_l0"))
+            getattr(ref, f"{name}_l0_reverse").copy_(getattr(bi.backward_lstm, f"{name}_l0"))
+    x = torch.randn(3, 9, 5, requires_grad=True)
+    lengths = torch.tensor([9, 4, 6])
+    out = bi(x, lengths)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expect = torch.nn.utils.rnn.pad_packed_sequence(ref(packed)[0], batch_first=True, total_length=9)[0]
+    torch.testing.assert_close(out, expect, atol=1e-6, rtol=1e-5)
+    g1, = torch.autograd.grad(out.pow(2).sum(), x)
+    g2, = torch.autograd.grad(expect.pow(2).sum(), x)
+    torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-5)
+    assert float(g1[1, 4:].abs().sum()) == 0.0          # padded frames receive no gradient
 
 
 def test_greedy_decode_equals_teacher_forcing_on_its_own_output_and_stops_at_eos():

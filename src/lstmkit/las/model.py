@@ -16,7 +16,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
 @dataclass
@@ -26,10 +25,49 @@ class LASConfig:
     listener_hidden: int = field(default=256, metadata={"min": 1})   # per direction
     pyramid_layers: int = field(default=0, metadata={"min": 0})      # pBLSTM layers, each halves time
     key_size: int = field(default=128, metadata={"min": 1})          # keys and values (A)
+    scaled_attention: bool = False   # divide energies by sqrt(A); the paper's plain dot product learns faster here
     embed_size: int = field(default=128, metadata={"min": 1})
     speller_hidden: int = field(default=256, metadata={"min": 1})
-    tie_embeddings: bool = True
+    tie_embeddings: bool = False
     dropout_p: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})
+
+
+def reverse_within_length(lengths: torch.Tensor, s: int) -> torch.Tensor:
+    """(N, S) gather index that reverses each row's first ``length`` frames and keeps padding in place.
+
+    >>> reverse_within_length(torch.tensor([3, 1]), 4).tolist()
+    [[2, 1, 0, 3], [0, 1, 2, 3]]
+    """
+    t = torch.arange(s, device=lengths.device)[None, :]
+    n = lengths[:, None]
+    return torch.where(t < n, n - 1 - t, t)
+
+
+class BiLSTM(nn.Module):
+    """One bidirectional LSTM layer over a padded variable-length batch.
+
+    Computes exactly what ``nn.LSTM(bidirectional=True)`` computes on a packed sequence (padded
+    frames neither feed nor receive anything; their outputs are 0), but runs each direction as a
+    plain unpacked ``nn.LSTM``: the backward direction reads each utterance reversed *within its
+    length*, so its padding comes last. On CPU this takes the fused oneDNN kernel (bf16 under
+    autocast) and avoids the packed path's per-frame slicing, whose backward costs O(frames^2)
+    memory traffic - about 5x faster for 200-frame batches.
+    """
+
+    def __init__(self, input_size: int, hidden: int):
+        super().__init__()
+        self.forward_lstm = nn.LSTM(input_size, hidden, batch_first=True)
+        self.backward_lstm = nn.LSTM(input_size, hidden, batch_first=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x (N, S, D), lengths (N,) -> (N, S, 2H): [forward; backward], zero at padded frames."""
+        n, s, _ = x.shape
+        h = self.forward_lstm.hidden_size
+        rev = reverse_within_length(lengths, s).unsqueeze(-1)
+        fwd, _ = self.forward_lstm(x)
+        bwd, _ = self.backward_lstm(x.gather(1, rev.expand(n, s, x.size(2))))
+        bwd = bwd.gather(1, rev.expand(n, s, h))
+        return torch.cat([fwd, bwd], -1) * frame_mask(lengths, s).unsqueeze(-1).to(fwd.dtype)
 
 
 class Listener(nn.Module):
@@ -45,25 +83,18 @@ class Listener(nn.Module):
     def __init__(self, cfg: LASConfig):
         super().__init__()
         h = cfg.listener_hidden
-        self.blstm = nn.LSTM(cfg.n_bands, h, batch_first=True, bidirectional=True)
-        self.pyramid = nn.ModuleList(nn.LSTM(4 * h, h, batch_first=True, bidirectional=True)
-                                     for _ in range(cfg.pyramid_layers))
+        self.blstm = BiLSTM(cfg.n_bands, h)
+        self.pyramid = nn.ModuleList(BiLSTM(4 * h, h) for _ in range(cfg.pyramid_layers))
         self.key = nn.Linear(2 * h, cfg.key_size)
         self.value = nn.Linear(2 * h, cfg.key_size)
 
-    @staticmethod
-    def _run(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = lstm(packed)
-        return pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0]
-
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
-        h = self._run(self.blstm, x, lengths)                       # (N, S, 2H)
+        h = self.blstm(x, lengths)                                   # (N, S, 2H)
         for layer in self.pyramid:                                   # pBLSTM: concat frame pairs
             n, s, d = h.shape
             h = h[:, : s // 2 * 2].reshape(n, s // 2, 2 * d)         # (N, S/2, 4H)
             lengths = torch.clamp(lengths // 2, min=1)
-            h = self._run(layer, h, lengths)
+            h = layer(h, lengths)
         return self.key(h), self.value(h), lengths
 
 
@@ -83,9 +114,9 @@ class Attention(nn.Module):
         (torch.Size([2, 8]), 0.0)
     """
 
-    def __init__(self, key_size: int):
+    def __init__(self, key_size: int, scaled: bool = False):
         super().__init__()
-        self.scale = key_size ** -0.5
+        self.scale = key_size ** -0.5 if scaled else 1.0
 
     def forward(self, query, keys, values, mask):
         energy = torch.bmm(keys, query.unsqueeze(2)).squeeze(2) * self.scale   # (N, S)
@@ -116,7 +147,7 @@ class Speller(nn.Module):
         self.cell1 = nn.LSTMCell(e + a, h)
         self.cell2 = nn.LSTMCell(h, h)
         self.query = nn.Linear(h, a)
-        self.attention = Attention(a)
+        self.attention = Attention(a, cfg.scaled_attention)
         self.proj = nn.Linear(h + a, e)
         self.out = nn.Linear(e, cfg.vocab_size)
         if cfg.tie_embeddings:
@@ -155,13 +186,15 @@ class LAS(nn.Module):
         self.listener = Listener(config)
         self.speller = Speller(config)
 
-    def forward(self, features, lengths, inputs, tf_rate: float = 1.0, generator: torch.Generator | None = None):
+    def forward(self, features, lengths, inputs, tf_rate: float = 1.0, generator: torch.Generator | None = None,
+                listened=None):
         """Teacher-forced decoding: ``inputs`` (N, L) = <sos> + characters. With ``tf_rate`` < 1 each
         step feeds the model's own previous argmax instead, with probability 1 - tf_rate.
+        ``listened`` = ``self.listener(features, lengths)`` when the caller already has it.
 
         Returns logits (N, L, C) and attention weights (N, L, S').
         """
-        keys, values, lens = self.listener(features, lengths)
+        keys, values, lens = listened if listened is not None else self.listener(features, lengths)
         mask = frame_mask(lens, keys.size(1))
         state = self.speller.init_state(keys, values, mask)
         logits, atts = [], []

@@ -107,8 +107,8 @@ class LASTrainer:
                 total, count = total + res.loss, count + 1
             if i + 1 in evals:
                 self.elapsed += time.time() - t0
-                t0 = time.time()
                 self.validate(total / max(count, 1), partial=True)
+                t0 = time.time()                      # validation time is not training time
             if (self._flag is not None and self._flag.stop) or time.time() > self._deadline:
                 self.stopped = True
                 break
@@ -130,9 +130,10 @@ class LASTrainer:
         with self.runtime.autocast():
             for idx in order:
                 x, lens, inp, tgt = self._batch(ds, idx)
-                logits, att = self.model(x, lens, inp)
+                listened = self.model.listener(x, lens)
+                logits, att = self.model(x, lens, inp, listened=listened)
                 losses.append(float(sequence_loss(logits, tgt, v.pad)) * int((tgt != v.pad).sum()))
-                ids, fatt = greedy_decode(self.model, x, lens, v.sos, v.eos, max_ratio=1.0)
+                ids, fatt = greedy_decode(self.model, x, lens, v.sos, v.eos, max_ratio=1.0, listened=listened)
                 for k, i in enumerate(idx):
                     u = ds.utts[i]
                     hyp = v.decode(ids[k].tolist())
