@@ -10,7 +10,7 @@ import torch
 from lstmkit.config import from_dict
 from lstmkit.errors import InputError
 from lstmkit.las import (LAS, Attention, CharVocabulary, LASConfig, LASRunConfig, LASTrainer, SpeechDataset, ToyConfig,
-                         Utterance, greedy_decode, read_split, write_split)
+                         Utterance, greedy_decode, load_las, read_split, write_split)
 from lstmkit.las.model import BiLSTM, frame_mask
 from lstmkit.las.toy import generate
 
@@ -64,6 +64,19 @@ def test_bilstm_equals_packed_bidirectional_lstm_with_same_weights():
     g2, = torch.autograd.grad(expect.pow(2).sum(), x)
     torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-5)
     assert float(g1[1, 4:].abs().sum()) == 0.0          # padded frames receive no gradient
+
+
+@pytest.mark.parametrize("direction", ["forward", "both"])
+def test_forward_values_describe_only_the_audio_so_far(direction):
+    torch.manual_seed(0)
+    lis = small_model(value_direction=direction).listener.eval()
+    x = torch.randn(1, 12, 40)
+    y = x.clone()
+    y[:, 8:] += 1.0                                   # change only the future of frame 7
+    lens = torch.tensor([12])
+    (k1, v1, _), (k2, v2, _) = lis(x, lens), lis(y, lens)
+    assert not torch.allclose(k1[:, :8], k2[:, :8])   # keys see both directions
+    assert torch.allclose(v1[:, :8], v2[:, :8]) == (direction == "forward")
 
 
 def test_greedy_decode_equals_teacher_forcing_on_its_own_output_and_stops_at_eos():
@@ -135,10 +148,10 @@ def test_missing_data_folder(tmp_path):
 
 def tiny_las_config(runs, **train):
     return from_dict(LASRunConfig, {
-        "model": {"listener_hidden": 64, "key_size": 64, "embed_size": 32, "speller_hidden": 128},
-        "data": {"batch_size": 32, "toy": {"n_train": 1500, "n_val": 40, "min_chars": 4, "max_chars": 8, "seed": 1}},
+        "model": {"listener_hidden": 128, "key_size": 64, "embed_size": 64, "speller_hidden": 128},
+        "data": {"batch_size": 32, "toy": {"n_train": 3000, "n_val": 64, "min_chars": 4, "max_chars": 8, "seed": 1}},
         "optim": {"lr": 0.003},
-        "train": {"epochs": 6, "runs_dir": str(runs), "seed": 0, "evals_per_epoch": 1, **train}})
+        "train": {"epochs": 9, "runs_dir": str(runs), "seed": 0, "evals_per_epoch": 1, **train}})
 
 
 @pytest.mark.slow
@@ -161,3 +174,27 @@ def test_cli_make_toy_train_decode_plot(tmp_path):
     r = subprocess.run(cli + ["train", "--data", str(tmp_path / "nothing"), "--runs-dir", str(tmp_path / "runs")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "data folder not found" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_short_toy_training_aligns_diagonally_and_writes_every_artifact(tmp_path):
+    trainer = LASTrainer(tiny_las_config(tmp_path), run_id="align")
+    rec = trainer.fit()
+    assert rec["alignment_accuracy"] >= 0.9          # attention argmax inside each character's true frames
+    assert rec["monotonic_focus"] >= 0.45            # peaked and moving forward (uniform attention: ~0.02)
+    assert rec["cer"] <= 0.2                         # free-running decoding already reads most characters
+    run = trainer.run.path
+    for i in range(10):
+        assert (run / "attention_plots" / f"attention_{i}.png").stat().st_size > 0
+    att = np.load(run / "attention.npy")
+    assert att.shape[0] == 10 and np.allclose(att[0].sum(-1)[att[0].sum(-1) > 0], 1.0, atol=1e-3)
+    rows = list(csv.DictReader(open(run / "predictions.csv", encoding="utf-8")))
+    assert len(rows) == len(trainer.val_set) and rows[0].keys() == {"id", "target", "prediction"}
+    recs = [json.loads(line) for line in open(run / "metrics.jsonl", encoding="utf-8")]
+    valid = [r for r in recs if r["type"] == "valid"]
+    assert len(valid) == trainer.config.train.epochs
+    assert {"train_loss", "val_loss", "cer", "wer", "alignment_accuracy", "monotonic_focus"} <= valid[-1].keys()
+    for name in ("loss.png", "train_X_sample.png", "config.toml", "chars.json"):
+        assert (run / name).stat().st_size > 0
+    model, vocab = load_las(run)
+    assert vocab.chars() == trainer.vocab.chars() and not model.training

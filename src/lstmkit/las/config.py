@@ -15,12 +15,15 @@ class LASDataConfig:
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = field(default=64, metadata={"min": 1})
+    augment_noise: float = field(default=0.0, metadata={"min": 0.0})   # std of fresh Gaussian noise on training features
     toy: ToyConfig = field(default_factory=ToyConfig)
 
 
 @dataclass
 class LASOptimConfig:
     lr: float = field(default=1e-3, metadata={"min": 0.0, "min_open": True})
+    lr_decay: float = field(default=1.0, metadata={"min": 0.0, "min_open": True, "max": 1.0})  # per-epoch multiplier
+    min_lr: float = field(default=0.0, metadata={"min": 0.0})                                 # decay stops here
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
     clip: float = field(default=1.0, metadata={"min": 0.0})
     tf_start: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})    # teacher forcing rate, epoch 1
@@ -35,7 +38,7 @@ class LASTrainConfig:
     evals_per_epoch: int = field(default=1, metadata={"min": 1})
     seed: int = 0
     device: str = "auto"
-    precision: str = field(default="fp32", metadata={"choices": ("auto", "fp32", "bf16")})
+    precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16")})
     threads: int = field(default=0, metadata={"min": 0})
     runs_dir: str = "runs"
     n_plots: int = field(default=10, metadata={"min": 0})
@@ -52,6 +55,15 @@ class LASRunConfig:
     @classmethod
     def load(cls, path: str | Path, overrides: dict | None = None) -> "LASRunConfig":
         return load_toml(cls, path, overrides)
+
+
+def learning_rate(epoch: int, cfg: LASOptimConfig) -> float:
+    """``lr`` x ``lr_decay`` ** ``epoch`` (0-based), not below ``min_lr``.
+
+    >>> round(learning_rate(2, LASOptimConfig(lr=1.0, lr_decay=0.5, min_lr=0.3)), 2)
+    0.3
+    """
+    return max(cfg.lr * cfg.lr_decay ** epoch, min(cfg.min_lr, cfg.lr))
 
 
 def teacher_forcing_rate(epoch: int, cfg: LASOptimConfig) -> float:

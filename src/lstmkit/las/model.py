@@ -25,6 +25,7 @@ class LASConfig:
     listener_hidden: int = field(default=256, metadata={"min": 1})   # per direction
     pyramid_layers: int = field(default=0, metadata={"min": 0})      # pBLSTM layers, each halves time
     key_size: int = field(default=128, metadata={"min": 1})          # keys and values (A)
+    value_direction: str = field(default="forward", metadata={"choices": ("forward", "both")})
     scaled_attention: bool = False   # divide energies by sqrt(A); the paper's plain dot product learns faster here
     embed_size: int = field(default=128, metadata={"min": 1})
     speller_hidden: int = field(default=256, metadata={"min": 1})
@@ -73,6 +74,14 @@ class BiLSTM(nn.Module):
 class Listener(nn.Module):
     """BiLSTM encoder over variable-length input, optional pyramid, key/value projections.
 
+    Keys see both directions. Values come from the forward direction only by default
+    (``value_direction="forward"``): with bidirectional values the backward LSTM already carries
+    the *next* character into the last frame before it, and a trained speller attends there
+    (measured on the toy task: 60% of attention peaks one frame before the character's span,
+    alignment accuracy 0.3-0.4 at CER 4%). Forward values describe the audio up to each frame, so
+    the speller must look inside the character's own frames (alignment 0.95). ``"both"`` is the
+    paper's choice, kept for ablation.
+
     Example:
         >>> lis = Listener(LASConfig(listener_hidden=16, key_size=8, pyramid_layers=1))
         >>> k, v, lens = lis(torch.randn(2, 11, 40), torch.tensor([11, 7]))
@@ -86,7 +95,8 @@ class Listener(nn.Module):
         self.blstm = BiLSTM(cfg.n_bands, h)
         self.pyramid = nn.ModuleList(BiLSTM(4 * h, h) for _ in range(cfg.pyramid_layers))
         self.key = nn.Linear(2 * h, cfg.key_size)
-        self.value = nn.Linear(2 * h, cfg.key_size)
+        self.causal_values = cfg.value_direction == "forward"
+        self.value = nn.Linear(h if self.causal_values else 2 * h, cfg.key_size)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         h = self.blstm(x, lengths)                                   # (N, S, 2H)
@@ -95,7 +105,8 @@ class Listener(nn.Module):
             h = h[:, : s // 2 * 2].reshape(n, s // 2, 2 * d)         # (N, S/2, 4H)
             lengths = torch.clamp(lengths // 2, min=1)
             h = layer(h, lengths)
-        return self.key(h), self.value(h), lengths
+        v = h[..., : h.size(-1) // 2] if self.causal_values else h   # forward half: audio up to each frame
+        return self.key(h), self.value(v), lengths
 
 
 def frame_mask(lengths: torch.Tensor, s: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ class ToyConfig:
     max_frames: int = field(default=8, metadata={"min": 1})
     noise: float = field(default=0.3, metadata={"min": 0.0})          # per-frame Gaussian noise std
     jitter: float = field(default=0.3, metadata={"min": 0.0})         # per-occurrence spectrum offset std
-    smoothing: float = field(default=0.25, metadata={"min": 0.0, "max": 0.5})  # weight of each neighbour frame
+    smoothing: float = field(default=0.0, metadata={"min": 0.0, "max": 0.5})  # weight of each neighbour frame
     alphabet: str = ALPHABET
     seed: int = 0
 

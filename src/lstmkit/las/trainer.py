@@ -26,7 +26,7 @@ from ..core.plots import plot_attention, plot_curves, plot_features
 from ..core.runs import RunFolder
 from ..core.train import StopFlag, train_step
 from ..errors import InputError
-from .config import LASRunConfig, teacher_forcing_rate
+from .config import LASRunConfig, learning_rate, teacher_forcing_rate
 from .data import CharVocabulary, SpeechDataset, Utterance, collate, length_buckets, read_split
 from .decode import greedy_decode
 from .metrics import alignment_accuracy, cer, monotonic_focus, wer
@@ -87,11 +87,15 @@ class LASTrainer:
         batches = length_buckets([len(t) for t in self.train_set.targets], cfg.data.batch_size, self.rng)
         evals = {int(len(batches) * k / cfg.train.evals_per_epoch) for k in range(1, cfg.train.evals_per_epoch)}
         tf = teacher_forcing_rate(self.epoch, cfg.optim)
+        for group in self.opt.param_groups:
+            group["lr"] = learning_rate(self.epoch, cfg.optim)
         self.model.train()
         total = count = 0.0
         t0 = time.time()
         for i in tqdm(range(self.batch_in_epoch, len(batches)), desc=f"epoch {self.epoch + 1}", leave=False, disable=None):
             x, lens, inp, tgt = self._batch(self.train_set, batches[i])
+            if cfg.data.augment_noise > 0:      # fresh noise every step: the model cannot memorise it
+                x = x + cfg.data.augment_noise * torch.randn_like(x)
             res = train_step(lambda: sequence_loss(self.model(x, lens, inp, tf)[0], tgt, self.vocab.pad),
                              self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
             self.step += 1
@@ -157,6 +161,7 @@ class LASTrainer:
         epoch = self.epoch + (1 if partial or self.stopped else 0)
         rec = {"type": "valid", "epoch": epoch, "step": self.step, "partial_epoch": partial or self.stopped,
                "train_loss": train_loss, **m, "tf_rate": teacher_forcing_rate(self.epoch, self.config.optim),
+               "lr": self.opt.param_groups[0]["lr"],
                "elapsed_s": round(self.elapsed, 1),
                "utterances_per_s": round(self.step * self.config.data.batch_size / max(self.elapsed, 1e-9), 1)}
         self.history.append(rec)
