@@ -1,22 +1,47 @@
 """Toy LAS utterances/s for training and greedy decoding, against a plain reference measured in
-the same run: random (unbucketed) batches for training and one-utterance-at-a-time greedy
-decoding, the way a first implementation usually does it.
+the same run.
+
+(a) lstmkit: length-bucketed batches, the unpacked two-direction ``BiLSTM`` listener, automatic
+    precision (bf16 autocast where the CPU/GPU has it), batched greedy decoding.
+(b) plain: what a first implementation usually does - the same speller, a listener that runs
+    ``nn.LSTM(bidirectional=True)`` over a ``PackedSequence``, fp32, random (unbucketed) batches,
+    greedy decoding one utterance at a time.
 
     python benchmarks/bench_las.py --config configs/las-toy.toml --batches 10
 """
 from __future__ import annotations
 
 import argparse
+import platform
 import time
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstmkit.config import load_toml
+from lstmkit.core.device import pick_runtime
 from lstmkit.core.train import train_step
-from lstmkit.las import LASRunConfig, LASTrainer, greedy_decode
+from lstmkit.las import LAS, LASRunConfig, LASTrainer, greedy_decode
 from lstmkit.las.data import length_buckets
 from lstmkit.las.model import sequence_loss
+
+
+class PackedListener(nn.Module):
+    """The textbook listener: one packed bidirectional ``nn.LSTM``, keys and values from both directions."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        h = cfg.listener_hidden
+        self.blstm = nn.LSTM(cfg.n_bands, h, batch_first=True, bidirectional=True)
+        self.key = nn.Linear(2 * h, cfg.key_size)
+        self.value = nn.Linear(2 * h, cfg.key_size)
+
+    def forward(self, x, lengths):
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        h = pad_packed_sequence(self.blstm(packed)[0], batch_first=True, total_length=x.size(1))[0]
+        return self.key(h), self.value(h), lengths
 
 
 def main():
@@ -24,43 +49,55 @@ def main():
     ap.add_argument("--config", default="configs/las-toy.toml")
     ap.add_argument("--batches", type=int, default=10)
     args = ap.parse_args()
-    cfg = load_toml(LASRunConfig, args.config, {"data": {"toy": {"n_train": 1000, "n_val": 64}}, "train": {"runs_dir": "/tmp/bench_las_runs"}})
+    cfg = load_toml(LASRunConfig, args.config, {"data": {"toy": {"n_train": 1000, "n_val": 64}},
+                                                 "train": {"runs_dir": "/tmp/bench_las_runs"}})
     tr = LASTrainer(cfg)
     bs = cfg.data.batch_size
     lengths = [len(t) for t in tr.train_set.targets]
     rng = np.random.default_rng(0)
     bucketed = length_buckets(lengths, bs, rng)[: args.batches]
     perm = rng.permutation(len(lengths))
-    plain = [perm[i * bs:(i + 1) * bs].tolist() for i in range(args.batches)]
+    random_batches = [perm[i * bs:(i + 1) * bs].tolist() for i in range(args.batches)]
 
-    def train_rate(batches):
-        tr.model.train()
+    plain = LAS(cfg.model)
+    plain.listener = PackedListener(cfg.model)
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=cfg.optim.lr)
+    fp32 = pick_runtime("cpu" if tr.runtime.device.type == "cpu" else str(tr.runtime.device), "fp32")
+    plain.to(fp32.device)
+
+    def train_rate(model, opt, runtime, batches):
+        model.train()
         n = 0
         t = time.perf_counter()
         for idx in batches:
             x, lens, inp, tgt = tr._batch(tr.train_set, idx)
-            train_step(lambda: sequence_loss(tr.model(x, lens, inp)[0], tgt), tr.opt, tr.model.parameters(), 1.0, tr.runtime)
+            train_step(lambda: sequence_loss(model(x, lens, inp)[0], tgt), opt, model.parameters(), 1.0, runtime)
             n += len(idx)
         return n / (time.perf_counter() - t)
 
-    def decode_rate(batch_size):
+    def decode_rate(model, runtime, batch_size):
         n = 0
         t = time.perf_counter()
-        for i in range(0, len(tr.val_set), batch_size):
-            idx = list(range(i, min(i + batch_size, len(tr.val_set))))
-            x, lens, _, _ = tr._batch(tr.val_set, idx)
-            greedy_decode(tr.model, x, lens, tr.vocab.sos, tr.vocab.eos)
-            n += len(idx)
+        with runtime.autocast():
+            for i in range(0, len(tr.val_set), batch_size):
+                idx = list(range(i, min(i + batch_size, len(tr.val_set))))
+                x, lens, _, _ = tr._batch(tr.val_set, idx)
+                greedy_decode(model, x, lens, tr.vocab.sos, tr.vocab.eos)
+                n += len(idx)
         return n / (time.perf_counter() - t)
 
-    train_rate(bucketed[:1])  # warm-up
-    ours_t, ref_t = train_rate(bucketed), train_rate(plain)
-    ours_d, ref_d = decode_rate(bs), decode_rate(1)
-    print(f"# {args.config}: batch {bs}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'':34s} {'train utt/s':>12s} {'decode utt/s':>13s}")
-    print(f"{'lstmkit (bucketed, batched)':34s} {ours_t:12.1f} {ours_d:13.1f}")
-    print(f"{'plain (random batches, batch-1 decode)':34s} {ref_t:12.1f} {ref_d:13.1f}")
-    print(f"{'ratio':34s} {ours_t / ref_t:12.2f} {ours_d / ref_d:13.2f}")
+    train_rate(tr.model, tr.opt, tr.runtime, bucketed[:1])          # warm-up
+    train_rate(plain, plain_opt, fp32, random_batches[:1])
+    ours_t = train_rate(tr.model, tr.opt, tr.runtime, bucketed)
+    ref_t = train_rate(plain, plain_opt, fp32, random_batches)
+    ours_d, ref_d = decode_rate(tr.model, tr.runtime, bs), decode_rate(plain, fp32, 1)
+    prec = "bf16" if tr.runtime.amp_dtype else "fp32"
+    print(f"# {args.config}: batch {bs}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}, lstmkit precision {prec}")
+    print(f"{'':44s} {'train utt/s':>12s} {'s/epoch(5k)':>12s} {'decode utt/s':>13s}")
+    print(f"{'lstmkit (bucketed, BiLSTM, ' + prec + ', batched decode)':44s} {ours_t:12.1f} {5000 / ours_t:12.1f} {ours_d:13.1f}")
+    print(f"{'plain (random, packed, fp32, batch-1 decode)':44s} {ref_t:12.1f} {5000 / ref_t:12.1f} {ref_d:13.1f}")
+    print(f"{'ratio':44s} {ours_t / ref_t:12.2f} {'':12s} {ours_d / ref_d:13.2f}")
 
 
 if __name__ == "__main__":
