@@ -79,6 +79,17 @@ def test_forward_values_describe_only_the_audio_so_far(direction):
     assert torch.allclose(v1[:, :8], v2[:, :8]) == (direction == "forward")
 
 
+def test_char_dropout_only_acts_in_training():
+    m = small_model(char_dropout_p=0.5)
+    x, lens, inp = torch.randn(2, 9, 40), torch.tensor([9, 6]), torch.randint(3, 10, (2, 5))
+    m.eval()
+    a, b = m(x, lens, inp)[0], m(x, lens, inp)[0]
+    assert torch.equal(a, b)
+    m.train()
+    g = torch.Generator().manual_seed(0)
+    assert not torch.allclose(m(x, lens, inp, generator=g)[0], a)
+
+
 def test_greedy_decode_equals_teacher_forcing_on_its_own_output_and_stops_at_eos():
     m = small_model().eval()
     x, lens = torch.randn(3, 12, 40), torch.tensor([12, 10, 7])

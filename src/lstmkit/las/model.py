@@ -31,6 +31,7 @@ class LASConfig:
     speller_hidden: int = field(default=256, metadata={"min": 1})
     tie_embeddings: bool = False
     dropout_p: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})
+    char_dropout_p: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})  # training: previous char -> <pad>
 
 
 def reverse_within_length(lengths: torch.Tensor, s: int) -> torch.Tensor:
@@ -219,6 +220,9 @@ class LAS(nn.Module):
                 if tf_rate < 1.0:
                     own = torch.rand(prev.shape, generator=generator, device=prev.device) >= tf_rate
                     prev = torch.where(own, out.argmax(-1), prev)
+                if self.training and self.config.char_dropout_p > 0:   # hide the previous character: lean on audio
+                    hide = torch.rand(prev.shape, generator=generator, device=prev.device) < self.config.char_dropout_p
+                    prev = prev.masked_fill(hide, 0)
         return torch.stack(logits, 1), torch.stack(atts, 1)
 
 
