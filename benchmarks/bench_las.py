@@ -62,7 +62,7 @@ def main():
     plain = LAS(cfg.model)
     plain.listener = PackedListener(cfg.model)
     plain_opt = torch.optim.Adam(plain.parameters(), lr=cfg.optim.lr)
-    fp32 = pick_runtime("cpu" if tr.runtime.device.type == "cpu" else str(tr.runtime.device), "fp32")
+    fp32 = pick_runtime(str(tr.runtime.device), "fp32")
     plain.to(fp32.device)
 
     def train_rate(model, opt, runtime, batches):

@@ -25,7 +25,8 @@ def greedy_decode(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos
     state = sp.init_state(keys, values, mask)
     n = features.size(0)
     caps = torch.clamp((max_ratio * lengths.float()).long(), min=10).to(features.device)
-    max_len = min(max_len or int(caps.max()), int(caps.max()))
+    longest = int(caps.max())
+    max_len = min(max_len, longest) if max_len else longest
     prev = torch.full((n,), sos, dtype=torch.long, device=features.device)
     done = torch.zeros(n, dtype=torch.bool, device=features.device)
     ids, atts = [], []
