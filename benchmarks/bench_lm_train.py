@@ -1,20 +1,34 @@
-"""Training and evaluation tokens/s of lstmkit's AWD-LSTM against a reference implementation of
-the original 2017 approach, measured in the same process on the same batches.
+"""Training and evaluation tokens/s of lstmkit's AWD-LSTM against peers, in one process, on the
+same random batches, same batch size, BPTT length and threads; warm-up steps excluded.
 
-Reference (b): weight-drop by building a dropped ``weight_hh`` in Python and running the LSTM
-through ``torch.func.functional_call`` each forward (the modern equivalent of the original
-``setattr`` trick), masks drawn in Python, fp32, full softmax over the whole (N*T, V) logits.
-lstmkit (a): its default path for the config (bf16 autocast where the CPU/GPU supports it).
+Rows:
+  (a) lstmkit, its default path for the config (bf16 autocast where the CPU/GPU supports it),
+      and the same model in fp32 (to show what precision alone buys);
+  (b) a reference of the original 2017 approach (the ratio column divides by this row):
+      weight-drop by building a dropped ``weight_hh`` in Python each forward and running the LSTM
+      through ``torch.func.functional_call`` (the modern form of the original ``setattr`` trick),
+      Python-side dropout masks, fp32, full softmax over the whole (N*T, V) logits;
+  (c) fastai 2.8.12's ``AWD_LSTM`` + tied ``LinearDecoder`` with the same sizes and dropouts, in
+      fp32 and under bf16 autocast. fastai is not an lstmkit dependency; install it into the
+      benchmark environment only (see benchmarks/README.md). Without it the rows are skipped.
 
+    python benchmarks/bench_lm_train.py --config configs/wt2.toml --steps 3      # paper's WT2 model
     python benchmarks/bench_lm_train.py --config configs/wt2-cpu.toml --steps 5
-    python benchmarks/bench_lm_train.py --config configs/wt2.toml --steps 3
 
-Prints one table; ratio = tokens/s / reference tokens/s. Timings are never asserted in tests.
+MFU = model FLOPs per token (6 x the matmul weights a token passes through: LSTM input and
+recurrent matrices and the decoder, forward + backward; 2 x for evaluation) x tokens/s / the
+matmul peak measured in this run for the row's precision. Peak memory = the largest resident
+set size during the timed training steps minus the size before the model was built (CUDA:
+``max_memory_allocated``). Timings are never asserted in tests.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
+import os
 import platform
+import threading
 import time
 
 import torch
@@ -23,7 +37,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lstmkit.config import load_toml
-from lstmkit.core.device import pick_runtime
+from lstmkit.core.device import Runtime, pick_runtime
 from lstmkit.core.train import train_step
 from lstmkit.lm import AWDLSTM, LMConfig
 from lstmkit.lm.optim import activation_regularization, temporal_activation_regularization
@@ -61,78 +75,199 @@ class Reference2017(nn.Module):
         return self.decoder(x), raw, x
 
 
-def measure(step, tokens, steps):
-    step()  # warm-up
+def flops_per_token(c, softmax_rows: int | None = None) -> float:
+    """Forward matmul FLOPs per token of the full-softmax model: 2 x (LSTM weights + E x V)."""
+    sizes = [c.emb_size] + [c.hidden_size] * (c.num_layers - 1) + [c.emb_size]
+    lstm = sum(4 * sizes[i + 1] * (sizes[i] + sizes[i + 1]) for i in range(c.num_layers))
+    return 2.0 * (lstm + sizes[-1] * (softmax_rows or c.vocab_size))
+
+
+class PeakMemory:
+    """Largest resident set (CPU) or allocated CUDA memory while the ``with`` block runs, in MiB,
+    above the level measured by :meth:`baseline`."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.base = 0
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def baseline(self):
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)   # hand freed memory back so RSS starts low
+        except OSError:
+            pass
+        self.base = self._rss()
+
+    def __enter__(self):
+        self.peak, self._run = self.base, True
+        if not self.cuda:
+            def sample():
+                while self._run:
+                    self.peak = max(self.peak, self._rss())
+                    time.sleep(0.002)
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._run = False
+        if self.cuda:
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._thread.join()
+        self.mib = (self.peak - self.base) / 2 ** 20
+
+
+def timed(step, tokens, steps, warmup=1, sync=lambda: None):
+    for _ in range(warmup):
+        step()
+    sync()
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return tokens * steps / (time.perf_counter() - t)
 
 
-def peak_matmul_gflops(dtype):
-    a = torch.randn(2048, 2048, dtype=dtype)
+def peak_matmul_gflops(dtype, device):
+    a = torch.randn(2048, 2048, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     a @ a
+    sync()
+    reps = 5 if device.type == "cpu" else 50
     t = time.perf_counter()
-    for _ in range(5):
+    for _ in range(reps):
         a @ a
-    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9
+    sync()
+    return reps * 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/wt2-cpu.toml")
-    ap.add_argument("--steps", type=int, default=5)
-    args = ap.parse_args()
-    cfg = load_toml(LMConfig, args.config)
-    c, d = cfg.model, cfg.data
-    c.vocab_size = 33278
-    n, t = d.batch_size, d.bptt
-    torch.manual_seed(0)
-    x = torch.randint(0, c.vocab_size, (n, t))
-    y = torch.randint(0, c.vocab_size, (n, t))
-    rows = []
-
-    # (a) lstmkit, default path
-    rt = pick_runtime(cfg.train.device, cfg.train.precision, cfg.train.threads)
-    model = AWDLSTM(c).train()
+def bench_lstmkit(c, rt, x, y, steps, sync):
+    model = AWDLSTM(c).to(rt.device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
 
-    def loss_a():
+    def loss():
         d_, raw, _ = model.features(x)
         return model.loss(d_, y) + activation_regularization(d_, 2) + temporal_activation_regularization(raw, 1)
-    train_a = measure(lambda: train_step(loss_a, opt, model.parameters(), 0.25, rt), n * t, args.steps)
-    model.eval()
-    with torch.no_grad():
-        eval_a = measure(lambda: [model.loss(model.features(x)[0], y) for _ in [0]], n * t, args.steps)
-    rows.append((f"lstmkit ({c.softmax} softmax, {'bf16' if rt.amp_dtype else 'fp32'})", train_a, eval_a))
+    return model, lambda: train_step(loss, opt, model.parameters(), 0.25, rt), \
+        lambda: model.loss(model.features(x)[0], y)
 
-    # (b) reference 2017 approach, always full softmax, fp32
-    c_ref = type(c)(**{**c.__dict__, "softmax": "full"})
-    ref = Reference2017(c_ref).train()
-    opt_r = torch.optim.SGD(ref.parameters(), lr=1.0)
+
+def bench_reference(c, rt, x, y, steps, sync):
+    ref = Reference2017(type(c)(**{**c.__dict__, "softmax": "full"})).to(rt.device).train()
+    opt = torch.optim.SGD(ref.parameters(), lr=1.0)
     xt, yt = x.t().contiguous(), y.t().contiguous()
 
-    def step_b():
-        opt_r.zero_grad()
+    def step():
+        opt.zero_grad()
         logits, raw, dropped = ref(xt)
         loss = F.cross_entropy(logits.view(-1, c.vocab_size), yt.reshape(-1))
         loss = loss + 2 * dropped.pow(2).mean() + (raw[1:] - raw[:-1]).pow(2).mean()
         loss.backward()
         nn.utils.clip_grad_norm_(ref.parameters(), 0.25)
-        opt_r.step()
-    train_b = measure(step_b, n * t, args.steps)
-    ref.eval()
-    with torch.no_grad():
-        eval_b = measure(lambda: F.cross_entropy(ref(xt)[0].view(-1, c.vocab_size), yt.reshape(-1)), n * t, args.steps)
-    rows.append(("reference 2017 approach (fp32, full softmax)", train_b, eval_b))
+        opt.step()
+    return ref, step, lambda: F.cross_entropy(ref(xt)[0].view(-1, c.vocab_size), yt.reshape(-1))
 
-    peak32, peak16 = peak_matmul_gflops(torch.float32), peak_matmul_gflops(torch.bfloat16)
-    print(f"# {args.config}: batch {n}, bptt {t}, emb {c.emb_size}, hidden {c.hidden_size}, layers {c.num_layers}; "
-          f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
-          f"matmul peak fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
-    print(f"{'implementation':48s} {'train tok/s':>12s} {'ratio':>6s} {'eval tok/s':>11s} {'ratio':>6s}")
-    for name, tr, ev in rows:
-        print(f"{name:48s} {tr:12.0f} {tr / train_b:6.2f} {ev:11.0f} {ev / eval_b:6.2f}")
+
+def bench_fastai(c, rt, x, y, steps, sync):
+    from fastai.text.models.awdlstm import AWD_LSTM
+    from fastai.text.models.core import LinearDecoder
+    enc = AWD_LSTM(c.vocab_size, c.emb_size, c.hidden_size, c.num_layers, hidden_p=c.p("dropouth_p"),
+                   input_p=c.p("dropouti_p"), embed_p=c.p("dropoute_p"), weight_p=c.p("wdrop_p"))
+    dec = LinearDecoder(c.vocab_size, c.emb_size, output_p=c.p("dropout_p"), tie_encoder=enc.encoder)
+    model = nn.Sequential(enc, dec).to(rt.device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+
+    def step():
+        opt.zero_grad()
+        with rt.autocast():
+            logits, raw, dropped = model(x)
+            loss = F.cross_entropy(logits.float().view(-1, c.vocab_size), y.reshape(-1))
+            loss = loss + 2 * dropped.float().pow(2).mean() + (raw[:, 1:] - raw[:, :-1]).float().pow(2).mean()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        opt.step()
+
+    def evaluate():
+        with rt.autocast():
+            return F.cross_entropy(model(x)[0].float().view(-1, c.vocab_size), y.reshape(-1))
+    return model, step, evaluate
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/wt2-cpu.toml")
+    ap.add_argument("--steps", type=int, default=5, help="timed training steps per row (eval: 2x)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--only", default="", help="comma list of rows to run: lstmkit,fp32,reference,fastai,fastai-bf16")
+    args = ap.parse_args()
+    cfg = load_toml(LMConfig, args.config)
+    c, d = cfg.model, cfg.data
+    c.vocab_size = 33278
+    rt = pick_runtime(args.device, cfg.train.precision, cfg.train.threads)
+    fp32 = Runtime(rt.device, None)
+    bf16 = Runtime(rt.device, torch.bfloat16)
+    sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
+    n, t = d.batch_size, d.bptt
+    torch.manual_seed(0)
+    x = torch.randint(0, c.vocab_size, (n, t), device=rt.device)
+    y = torch.randint(0, c.vocab_size, (n, t), device=rt.device)
+    prec = "bf16" if rt.amp_dtype else "fp32"
+    rows = [("lstmkit", f"lstmkit ({c.softmax} softmax, {prec}, default)", bench_lstmkit, rt),
+            ("fp32", f"lstmkit ({c.softmax} softmax, fp32)", bench_lstmkit, fp32),
+            ("reference", "reference 2017 approach (fp32, full softmax)", bench_reference, fp32),
+            ("fastai", "fastai 2.8.12 AWD_LSTM (fp32, full softmax)", bench_fastai, fp32),
+            ("fastai-bf16", "fastai 2.8.12 AWD_LSTM (bf16 autocast)", bench_fastai, bf16)]
+    if args.only:
+        rows = [r for r in rows if r[0] in args.only.split(",") or r[0] == "reference"]
+    if rt.amp_dtype is None:
+        rows = [r for r in rows if r[0] not in ("fp32", "fastai-bf16")]
+    peaks = {None: peak_matmul_gflops(torch.float32, rt.device), torch.bfloat16: peak_matmul_gflops(torch.bfloat16, rt.device)}
+    adaptive_rows = c.adaptive_cutoffs[0] + len(c.adaptive_cutoffs) if c.softmax == "adaptive" else None
+    mem = PeakMemory(rt.device)
+    results = []
+    for key, name, build, runtime in rows:
+        if key.startswith("fastai"):
+            try:
+                import fastai  # noqa: F401
+            except ImportError:
+                print(f"# skipped {name}: fastai not installed (see benchmarks/README.md)")
+                continue
+        mem.baseline()
+        with mem:
+            model, step, evaluate = build(c, runtime, x, y, args.steps, sync)
+            train = timed(step, n * t, args.steps, sync=sync)
+        model.eval()
+        with torch.no_grad(), runtime.autocast():
+            ev = timed(evaluate, n * t, 2 * args.steps, sync=sync)
+        # the FLOPs each row computes; for an adaptive softmax only its head is counted (a lower bound)
+        fl = flops_per_token(c, adaptive_rows if key in ("lstmkit", "fp32") else None)
+        peak = peaks[runtime.amp_dtype]
+        results.append((name, train, ev, 3 * fl * train / (peak * 1e9), fl * ev / (peak * 1e9), mem.mib))
+        del model, step, evaluate
+    ref_train = next(r[1] for r in results if r[0].startswith("reference"))
+    ref_eval = next(r[2] for r in results if r[0].startswith("reference"))
+    print(f"# {args.config}: batch {n}, bptt {t}, emb {c.emb_size}, hidden {c.hidden_size}, layers {c.num_layers}, "
+          f"vocab {c.vocab_size}; {3 * flops_per_token(c) / 1e6:.0f} MFLOP per training token (full softmax)")
+    print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()} ({rt.device}), "
+          f"{torch.get_num_threads()} threads; matmul peak fp32 {peaks[None]:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16]:.0f} GFLOP/s; "
+          f"{args.steps} timed steps after 1 warm-up")
+    print("| implementation | train tok/s | ratio | train MFU | eval tok/s | ratio | eval MFU | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, tr, ev, mfu_t, mfu_e, mib in results:
+        print(f"| {name} | {tr:,.0f} | {tr / ref_train:.2f} | {100 * mfu_t:.0f}% | {ev:,.0f} | {ev / ref_eval:.2f} | "
+              f"{100 * mfu_e:.0f}% | {mib:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,23 @@ def test_attention_gives_padded_frames_exactly_zero():
     torch.testing.assert_close(w.sum(-1), torch.ones(3))
 
 
+def test_location_aware_attention_masks_padding_and_follows_previous_weights():
+    torch.manual_seed(0)
+    att = Attention(8, location_channels=4, location_kernel=5)
+    q, keys, vals = torch.randn(2, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+    mask = frame_mask(torch.tensor([6, 3]), 6)
+    prev_a = torch.zeros(2, 6); prev_a[:, 0] = 1
+    prev_b = torch.zeros(2, 6); prev_b[:, 2] = 1
+    _, wa = att(q, keys, vals, mask, prev_a)
+    _, wb = att(q, keys, vals, mask, prev_b)
+    assert torch.equal(wa[1, 3:], torch.zeros(3)) and torch.equal(wb[1, 3:], torch.zeros(3))
+    assert not torch.allclose(wa, wb)                        # where it looked before changes the energies
+    _, plain = Attention(8)(q, keys, vals, mask)
+    torch.testing.assert_close(att(q, keys, vals, mask, None)[1], plain)   # no previous weights: content only
+    with pytest.raises(ValueError, match="odd"):
+        Attention(8, location_channels=2, location_kernel=4)
+
+
 def test_shapes_through_listener_attention_speller():
     m = small_model(pyramid_layers=2)
     logits, att = m(torch.randn(2, 17, 40), torch.tensor([17, 9]), torch.ones(2, 5, dtype=torch.long))
@@ -209,3 +226,42 @@ def test_short_toy_training_aligns_diagonally_and_writes_every_artifact(tmp_path
         assert (run / name).stat().st_size > 0
     model, vocab = load_las(run)
     assert vocab.chars() == trainer.vocab.chars() and not model.training
+
+
+def test_speed_perturb_keeps_frame_order_and_masks_padding():
+    from lstmkit.las.data import speed_perturb
+    x = torch.arange(1, 21, dtype=torch.float32).view(2, 10, 1).clone()
+    x[1, 6:] = 0
+    g = torch.Generator().manual_seed(0)
+    y, n = speed_perturb(x, torch.tensor([10, 6]), 0.3, g)
+    for i, length in enumerate([10, 6]):
+        v = y[i, : n[i], 0]
+        assert (v[1:] >= v[:-1]).all() and v[0] == x[i, 0, 0] and v[-1] <= x[i, length - 1, 0]
+        assert 7 <= int(n[i]) <= 13 if length == 10 else 4 <= int(n[i]) <= 8
+        assert torch.equal(y[i, n[i]:], torch.zeros_like(y[i, n[i]:]))
+
+
+def test_beam_one_is_exactly_greedy_and_wider_beams_score_no_worse():
+    from lstmkit.las.decode import beam_search, greedy_decode
+    m = small_model()
+    torch.manual_seed(1)
+    with torch.no_grad():                                   # sharpen the untrained model so it stops sometimes
+        m.speller.out.bias[2] += 1.5
+    x, lens = torch.randn(5, 14, 40), torch.tensor([14, 11, 9, 14, 6])
+    ids, _ = greedy_decode(m, x, lens, sos=1, eos=2)
+    greedy = []
+    for row in ids.tolist():
+        greedy.append(row[: row.index(2)] if 2 in row else row)
+    assert beam_search(m, x, lens, sos=1, eos=2, beam=1) == greedy
+    assert any(len(g) < int(c) for g, c in zip(greedy, torch.clamp(lens, min=10)))   # some stopped at <eos>
+
+    def logp(seq):                                          # total log p_LAS of a transcript + <eos>
+        inp = torch.tensor([[1] + seq])
+        with torch.no_grad():
+            out = m(x[i: i + 1], lens[i: i + 1], inp)[0].log_softmax(-1)[0]
+        return float(out.gather(1, torch.tensor(seq + [2])[:, None]).sum())
+    m.eval()
+    wide = beam_search(m, x, lens, sos=1, eos=2, beam=6, length_norm=0.0)
+    for i in range(5):
+        if len(greedy[i]) < max(10, int(lens[i])):         # greedy finished with <eos>
+            assert logp(wide[i]) >= logp(greedy[i]) - 1e-4

@@ -105,16 +105,25 @@ def las_train(args) -> int:
 def las_decode(args) -> int:
     import csv
     import torch
-    from .las import SpeechDataset, cer, greedy_decode, load_las, wer
+    from .las import SpeechDataset, beam_search, cer, greedy_decode, load_las, wer
     from .las.data import collate
+    if args.beam < 1:
+        raise InputError("--beam", f"found {args.beam}", "a beam width >= 1")
     model, vocab = load_las(args.run, args.checkpoint)
+    if args.window is not None:
+        model.speller.window = args.window
     ds = SpeechDataset.from_folder(args.data, vocab, model.config.n_bands)
     refs, hyps = [], []
     for i in range(0, len(ds), args.batch_size):
         idx = list(range(i, min(i + args.batch_size, len(ds))))
         b = collate([ds[j] for j in idx], vocab, idx)
-        ids, _ = greedy_decode(model, b.features, b.lengths, vocab.sos, vocab.eos)
-        hyps += [vocab.decode(r.tolist()) for r in ids]
+        if args.beam > 1:
+            seqs = beam_search(model, b.features, b.lengths, vocab.sos, vocab.eos, beam=args.beam,
+                               length_norm=args.length_norm)
+            hyps += [vocab.decode(s) for s in seqs]
+        else:
+            ids, _ = greedy_decode(model, b.features, b.lengths, vocab.sos, vocab.eos)
+            hyps += [vocab.decode(r.tolist()) for r in ids]
         refs += [ds.utts[j].text for j in idx]
     w = csv.writer(sys.stdout, delimiter="\t")
     for u, h in zip(ds.utts, hyps):
@@ -198,11 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE")
     t.set_defaults(func=las_train)
 
-    d = las.add_parser("decode", help="greedy-decode a data split folder; prints id TAB text, CER/WER on stderr")
+    d = las.add_parser("decode", help="decode a data split folder (greedy or beam); prints id TAB text, CER/WER on stderr")
     d.add_argument("run")
     d.add_argument("data", help="a split folder (transcripts.tsv + feats/)")
     d.add_argument("--checkpoint", default="best", choices=("best", "last"))
     d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    d.add_argument("--length-norm", type=float, default=1.0, help="finished score / length ** this (beam > 1)")
+    d.add_argument("--window", type=int, help="attend only within [peak-1, peak+W] frames of the previous "
+                                              "step's peak (0 = off; default: the model's decode_window)")
     d.set_defaults(func=las_decode)
 
     pl = las.add_parser("plot", help="re-draw attention plots of a run from its attention.npy")

@@ -16,6 +16,7 @@ class LASDataConfig:
     val_split: str = "val"
     batch_size: int = field(default=64, metadata={"min": 1})
     augment_noise: float = field(default=0.0, metadata={"min": 0.0})   # std of fresh Gaussian noise on training features
+    augment_speed: float = field(default=0.0, metadata={"min": 0.0, "max": 0.5})  # time stretch by 1 +- this, per utterance
     toy: ToyConfig = field(default_factory=ToyConfig)
 
 

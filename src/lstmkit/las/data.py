@@ -201,3 +201,24 @@ def length_buckets(lengths: Sequence[int], batch_size: int, rng: np.random.Gener
         batches += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
     order = rng.permutation(len(batches))
     return [batches[i] for i in order]
+
+
+def speed_perturb(x: torch.Tensor, lengths: torch.Tensor, max_change: float, generator: torch.Generator | None = None):
+    """Stretch or squeeze each utterance in time by a random factor in [1 - max_change, 1 + max_change]
+    (nearest-frame resampling, as speed perturbation does for audio; Ko et al. 2015). Every input
+    frame range keeps its order, so transcripts stay valid. x (N, S, F), lengths (N,) ->
+    (x' (N, S', F) zero-padded, lengths').
+
+    >>> x = torch.arange(6.).view(1, 6, 1)
+    >>> y, n = speed_perturb(x, torch.tensor([6]), 0.0); y.flatten().tolist(), n.tolist()
+    ([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], [6])
+    """
+    n, device, lengths = x.size(0), lengths.device, lengths.cpu()
+    factor = 1 + max_change * (2 * torch.rand(n, generator=generator) - 1)          # output frames per input frame
+    new = torch.clamp((lengths.float() * factor).round().long(), min=1)
+    s = int(new.max())
+    t = torch.arange(s)[None, :].float()
+    src = torch.minimum((t / factor[:, None]).long(), (lengths - 1)[:, None])        # (N, S')
+    out = x.gather(1, src.to(x.device).unsqueeze(-1).expand(n, s, x.size(2)))
+    keep = (t < new[:, None]).to(x.device)
+    return out * keep.unsqueeze(-1).to(x.dtype), new.to(device)

@@ -2,6 +2,8 @@
 batch when all have stopped or ``max_len`` is reached."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .model import LAS, frame_mask
@@ -41,3 +43,98 @@ def greedy_decode(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos
             break
     model.train(was)
     return torch.stack(ids, 1), torch.stack(atts, 1)
+
+
+@torch.no_grad()
+def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: int, eos: int, beam: int = 8,
+                max_ratio: float = 1.0, length_norm: float = 1.0, max_len: int | None = None,
+                lm_step: Callable | None = None, lm_weight: float = 0.0, length_bonus: float = 0.0,
+                listened=None) -> list[list[int]]:
+    """Batched beam search over all N utterances at once (N x ``beam`` speller rows per step).
+
+    Each hypothesis scores ``sum log p_LAS + lm_weight * sum log p_LM + length_bonus * length``;
+    a hypothesis that emits ``<eos>`` is set aside with that score divided by
+    ``length ** length_norm`` (0 = no normalization, 1 = per-character mean) and leaves the beam,
+    which refills from the next best candidates. An utterance stops at its length cap
+    (``max_ratio`` x its frames, at least 10; live hypotheses then count as finished) or, when
+    scores can only fall with length (no LM, no positive bonus), as soon as its best finished
+    hypothesis beats the best any live one could still reach. Stopping after ``beam`` finished
+    hypotheses instead lets a few cheap early ``<eos>`` candidates end the search too soon.
+    With ``beam=1`` and no LM this is exactly :func:`greedy_decode`.
+
+    ``lm_step(prev (R,), lm_state or None) -> (log-probs (R, C), lm_state)`` adds shallow fusion
+    with a character language model; its state must support ``index_select`` reordering through
+    :func:`reorder_state` (tensors or nested lists/tuples of tensors with rows first).
+
+    Returns, per utterance, the best hypothesis's character ids without ``<sos>``/``<eos>``.
+    """
+    was = model.training
+    model.eval()
+    n, k, dev = features.size(0), beam, features.device
+    keys, values, lens = listened if listened is not None else model.listener(features, lengths)
+    rows = torch.arange(n, device=dev).repeat_interleave(k)                  # (N*k,) utterance of each row
+    keys, values, lens = keys[rows], values[rows], lens[rows]
+    mask = frame_mask(lens, keys.size(1))
+    sp = model.speller
+    state = sp.init_state(keys, values, mask)
+    caps = torch.clamp((max_ratio * lengths.float()).long(), min=10).to(dev)
+    longest = int(caps.max()) if max_len is None else min(int(caps.max()), max_len)
+    score = torch.full((n, k), float("-inf"), device=dev)
+    score[:, 0] = 0.0                                                        # one live hypothesis to start
+    prev = torch.full((n * k,), sos, dtype=torch.long, device=dev)
+    history = torch.zeros(n * k, 0, dtype=torch.long, device=dev)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    lm_state = None
+    monotone = not (lm_step is not None and lm_weight) and length_bonus <= 0   # scores only fall with length
+    for t in range(longest):
+        logits, state, _ = sp.step(prev, state, keys, values, mask)
+        logp = logits.float().log_softmax(-1)                                # (N*k, C)
+        if lm_step is not None and lm_weight:
+            lm_logp, lm_state = lm_step(prev, lm_state)
+            logp = logp + lm_weight * lm_logp.float()
+        c = logp.size(1)
+        total = (score.view(-1, 1) + logp + length_bonus).view(n, k * c)
+        top, idx = total.topk(k, dim=1)                                      # (N, k)
+        src = (idx // c) + torch.arange(n, device=dev)[:, None] * k           # source row of each new beam
+        tok = idx % c
+        src, tok = src.view(-1), tok.view(-1)
+        history = torch.cat([history[src], tok[:, None]], 1)
+        is_eos = (tok == eos).view(n, k)
+        at_cap = (t + 1 >= caps)
+        alive = top.masked_fill(is_eos, float("-inf"))
+        for i in torch.nonzero(is_eos.any(1) | at_cap).flatten().tolist():
+            if done[i]:
+                continue
+            for j in range(k):
+                s = float(top[i, j])
+                if s > float("-inf") and (bool(is_eos[i, j]) or bool(at_cap[i])):
+                    seq = history[i * k + j].tolist()
+                    seq = seq[:-1] if seq[-1] == eos else seq
+                    finished[i].append((s / (len(seq) + 1) ** length_norm, seq))
+            done[i] = bool(at_cap[i])
+        if monotone:   # stop a row once no live hypothesis can still beat its best finished one
+            best_alive = alive.max(1).values / (caps.float() + 1) ** length_norm
+            for i in torch.nonzero(~done).flatten().tolist():
+                if finished[i] and max(finished[i])[0] >= float(best_alive[i]):
+                    done[i] = True
+        score = alive.masked_fill(done[:, None], float("-inf"))
+        state = reorder_state(state, src)
+        if lm_state is not None:
+            lm_state = reorder_state(lm_state, src)
+        prev = tok
+        if bool(done.all()):
+            break
+    model.train(was)
+    return [max(f)[1] if f else [] for f in finished]
+
+
+def reorder_state(state, index: torch.Tensor):
+    """Select rows ``index`` of every tensor in a (nested) state; NamedTuples keep their type."""
+    if isinstance(state, torch.Tensor):
+        return state.index_select(0, index) if state.dim() and state.size(0) == index.numel() else state
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return type(state)(*(reorder_state(s, index) for s in state))
+    if isinstance(state, (list, tuple)):
+        return type(state)(reorder_state(s, index) for s in state)
+    return state

@@ -32,6 +32,12 @@ class LASConfig:
     tie_embeddings: bool = False
     dropout_p: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})
     char_dropout_p: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})  # training: previous char -> <pad>
+    listener_dropout_p: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})  # on BiLSTM outputs
+    location_channels: int = field(default=0, metadata={"min": 0})   # >0: location-aware energy (Chorowski et al. 2015)
+    location_kernel: int = field(default=11, metadata={"min": 1})    # odd width of the conv over previous weights
+    frontend_kernel: int = field(default=0, metadata={"min": 0})      # >0: Conv1d over time before the BiLSTM
+    frontend_channels: int = field(default=128, metadata={"min": 1})
+    decode_window: int = field(default=0, metadata={"min": 0})        # >0, eval only: attend within [peak-1, peak+W]
 
 
 def reverse_within_length(lengths: torch.Tensor, s: int) -> torch.Tensor:
@@ -93,19 +99,29 @@ class Listener(nn.Module):
     def __init__(self, cfg: LASConfig):
         super().__init__()
         h = cfg.listener_hidden
-        self.blstm = BiLSTM(cfg.n_bands, h)
+        self.frontend = None
+        if cfg.frontend_kernel > 0:   # local frame comparisons (e.g. where one held sound gives way to the next)
+            if cfg.frontend_kernel % 2 == 0:
+                raise ValueError(f"frontend_kernel must be odd, got {cfg.frontend_kernel}")
+            self.frontend = nn.Conv1d(cfg.n_bands, cfg.frontend_channels, cfg.frontend_kernel,
+                                      padding=cfg.frontend_kernel // 2)
+        self.blstm = BiLSTM(cfg.frontend_channels if self.frontend is not None else cfg.n_bands, h)
         self.pyramid = nn.ModuleList(BiLSTM(4 * h, h) for _ in range(cfg.pyramid_layers))
         self.key = nn.Linear(2 * h, cfg.key_size)
         self.causal_values = cfg.value_direction == "forward"
         self.value = nn.Linear(h if self.causal_values else 2 * h, cfg.key_size)
+        self.drop = nn.Dropout(cfg.listener_dropout_p)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
-        h = self.blstm(x, lengths)                                   # (N, S, 2H)
+        if self.frontend is not None:                                # padding is zeroed on both sides
+            m = frame_mask(lengths, x.size(1)).unsqueeze(-1).to(x.dtype)
+            x = torch.relu(self.frontend((x * m).transpose(1, 2))).transpose(1, 2) * m.to(x.dtype)
+        h = self.drop(self.blstm(x, lengths))                        # (N, S, 2H)
         for layer in self.pyramid:                                   # pBLSTM: concat frame pairs
             n, s, d = h.shape
             h = h[:, : s // 2 * 2].reshape(n, s // 2, 2 * d)         # (N, S/2, 4H)
             lengths = torch.clamp(lengths // 2, min=1)
-            h = layer(h, lengths)
+            h = self.drop(layer(h, lengths))
         v = h[..., : h.size(-1) // 2] if self.causal_values else h   # forward half: audio up to each frame
         return self.key(h), self.value(v), lengths
 
@@ -118,6 +134,12 @@ def frame_mask(lengths: torch.Tensor, s: int) -> torch.Tensor:
 class Attention(nn.Module):
     """Masked dot-product attention: softmax over real frames only, context = weights x values.
 
+    With ``location_channels`` > 0 the energy also sees where the previous step attended
+    (location-aware attention, Chorowski et al. 2015, arXiv 1506.07503, eq. 5-9, in dot-product
+    form): ``f = conv1d(previous weights)`` (N, S, C) and ``e_j = q . k_j + (U^T q) . f_j``, which
+    lets the speller step from one character's frames to the next even when their keys look
+    alike (doubled letters).
+
     Example:
         >>> att = Attention(8)
         >>> ctx, w = att(torch.randn(2, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8),
@@ -126,13 +148,23 @@ class Attention(nn.Module):
         (torch.Size([2, 8]), 0.0)
     """
 
-    def __init__(self, key_size: int, scaled: bool = False):
+    def __init__(self, key_size: int, scaled: bool = False, location_channels: int = 0, location_kernel: int = 11):
         super().__init__()
         self.scale = key_size ** -0.5 if scaled else 1.0
+        self.location = None
+        if location_channels > 0:
+            if location_kernel % 2 == 0:
+                raise ValueError(f"location_kernel must be odd, got {location_kernel}")
+            self.location = nn.Conv1d(1, location_channels, location_kernel, padding=location_kernel // 2, bias=False)
+            self.location_query = nn.Linear(key_size, location_channels, bias=False)   # U^T q
 
-    def forward(self, query, keys, values, mask):
-        energy = torch.bmm(keys, query.unsqueeze(2)).squeeze(2) * self.scale   # (N, S)
-        energy = energy.float().masked_fill(~mask, float("-inf"))
+    def forward(self, query, keys, values, mask, previous=None):
+        """query (N, A), keys/values (N, S, A), mask (N, S), previous weights (N, S) or None."""
+        energy = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)                   # (N, S)
+        if self.location is not None and previous is not None:
+            f = self.location(previous.to(keys.dtype).unsqueeze(1))               # (N, C, S)
+            energy = energy + torch.bmm(self.location_query(query).unsqueeze(1), f).squeeze(1)
+        energy = (energy * self.scale).float().masked_fill(~mask, float("-inf"))
         weights = energy.softmax(-1)                                           # (N, S), 0 at padding
         context = torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (N, A)
         return context, weights
@@ -144,6 +176,7 @@ class SpellerState(NamedTuple):
     h2: torch.Tensor
     c2: torch.Tensor
     context: torch.Tensor    # (N, A) context of the previous step
+    weights: torch.Tensor    # (N, S) attention of the previous step (one-hot at frame 0 before the first)
 
 
 class Speller(nn.Module):
@@ -159,27 +192,35 @@ class Speller(nn.Module):
         self.cell1 = nn.LSTMCell(e + a, h)
         self.cell2 = nn.LSTMCell(h, h)
         self.query = nn.Linear(h, a)
-        self.attention = Attention(a, cfg.scaled_attention)
+        self.attention = Attention(a, cfg.scaled_attention, cfg.location_channels, cfg.location_kernel)
         self.proj = nn.Linear(h + a, e)
         self.out = nn.Linear(e, cfg.vocab_size)
         if cfg.tie_embeddings:
             self.out.weight = self.embed.weight
         self.drop = nn.Dropout(cfg.dropout_p)
+        self.window = cfg.decode_window
 
     def init_state(self, keys, values, mask) -> SpellerState:
         n = keys.size(0)
         z = keys.new_zeros(n, self.cell1.hidden_size)
         ctx, _ = self.attention(keys.new_zeros(n, keys.size(2)), keys, values, mask)  # mean of values
-        return SpellerState(z, z, z, z, ctx)
+        first = torch.zeros(mask.shape, device=keys.device)
+        first[:, 0] = 1.0
+        return SpellerState(z, z, z, z, ctx, first)
 
     def step(self, prev: torch.Tensor, state: SpellerState, keys, values, mask):
         """prev (N,) previous characters -> logits (N, C), new state, attention (N, S)."""
         x = torch.cat([self.embed(prev), state.context], -1)
         h1, c1 = self.cell1(x, (state.h1, state.c1))
         h2, c2 = self.cell2(self.drop(h1), (state.h2, state.c2))
-        ctx, w = self.attention(self.query(h2), keys, values, mask)
+        if self.window and not self.training:   # decoding: no jumps back, at most `window` frames ahead
+            peak = state.weights.argmax(-1, keepdim=True)                               # (N, 1)
+            t = torch.arange(mask.size(1), device=mask.device)[None, :]
+            near = (t >= peak - 1) & (t <= peak + self.window)
+            mask = mask & (near | ~(mask & near).any(-1, keepdim=True))               # never empty a row
+        ctx, w = self.attention(self.query(h2), keys, values, mask, state.weights)
         logits = self.out(torch.tanh(self.proj(self.drop(torch.cat([h2, ctx], -1)))))
-        return logits, SpellerState(h1, c1, h2, c2, ctx), w
+        return logits, SpellerState(h1, c1, h2, c2, ctx, w), w
 
 
 class LAS(nn.Module):

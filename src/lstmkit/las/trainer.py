@@ -27,7 +27,7 @@ from ..core.runs import RunFolder
 from ..core.train import StopFlag, train_step
 from ..errors import InputError
 from .config import LASRunConfig, learning_rate, teacher_forcing_rate
-from .data import CharVocabulary, SpeechDataset, Utterance, collate, length_buckets, read_split
+from .data import CharVocabulary, SpeechDataset, Utterance, collate, length_buckets, read_split, speed_perturb
 from .decode import greedy_decode
 from .metrics import alignment_accuracy, cer, monotonic_focus, wer
 from .model import LAS, sequence_loss
@@ -96,6 +96,8 @@ class LASTrainer:
             x, lens, inp, tgt = self._batch(self.train_set, batches[i])
             if cfg.data.augment_noise > 0:      # fresh noise every step: the model cannot memorise it
                 x = x + cfg.data.augment_noise * torch.randn_like(x)
+            if cfg.data.augment_speed > 0:
+                x, lens = speed_perturb(x, lens, cfg.data.augment_speed)
             res = train_step(lambda: sequence_loss(self.model(x, lens, inp, tf)[0], tgt, self.vocab.pad),
                              self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
             self.step += 1
