@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lstmkit.config import load_toml
+from lstmkit.config import load_toml, merge, parse_override
 from lstmkit.core.device import Runtime, pick_runtime
 from lstmkit.core.train import train_step
 from lstmkit.lm import AWDLSTM, LMConfig
@@ -210,9 +210,13 @@ def main():
     ap.add_argument("--config", default="configs/wt2-cpu.toml")
     ap.add_argument("--steps", type=int, default=5, help="timed training steps per row (eval: 2x)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. model.loss_chunk=0")
     ap.add_argument("--only", default="", help="comma list of rows to run: lstmkit,fp32,reference,fastai,fastai-bf16")
     args = ap.parse_args()
-    cfg = load_toml(LMConfig, args.config)
+    over: dict = {}
+    for kv in args.set:
+        over = merge(over, parse_override(kv))
+    cfg = load_toml(LMConfig, args.config, over)
     c, d = cfg.model, cfg.data
     c.vocab_size = 33278
     rt = pick_runtime(args.device, cfg.train.precision, cfg.train.threads)

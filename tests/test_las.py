@@ -265,3 +265,18 @@ def test_beam_one_is_exactly_greedy_and_wider_beams_score_no_worse():
     for i in range(5):
         if len(greedy[i]) < max(10, int(lens[i])):         # greedy finished with <eos>
             assert logp(wide[i]) >= logp(greedy[i]) - 1e-4
+
+
+def test_joint_ctc_loss_mixes_in_and_trains_the_ctc_head():
+    from lstmkit.las.model import las_loss, sequence_loss
+    x, lens = torch.randn(2, 20, 40), torch.tensor([20, 12])
+    inp = torch.tensor([[1, 5, 6, 6, 7], [1, 8, 9, 0, 0]])
+    tgt = torch.tensor([[5, 6, 6, 7, 2], [8, 9, 2, 0, 0]])
+    plain = small_model()
+    torch.testing.assert_close(las_loss(plain, x, lens, inp, tgt), sequence_loss(plain(x, lens, inp)[0], tgt))
+    m = small_model(ctc_weight=0.3)
+    loss = las_loss(m, x, lens, inp, tgt)
+    ce = sequence_loss(m(x, lens, inp)[0], tgt)
+    assert torch.isfinite(loss) and not torch.allclose(loss, ce)
+    loss.backward()
+    assert m.listener.ctc.weight.grad.abs().sum() > 0

@@ -38,6 +38,7 @@ class LASConfig:
     frontend_kernel: int = field(default=0, metadata={"min": 0})      # >0: Conv1d over time before the BiLSTM
     frontend_channels: int = field(default=128, metadata={"min": 1})
     decode_window: int = field(default=0, metadata={"min": 0})        # >0, eval only: attend within [peak-1, peak+W]
+    ctc_weight: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})  # joint CTC on the listener
 
 
 def reverse_within_length(lengths: torch.Tensor, s: int) -> torch.Tensor:
@@ -111,8 +112,11 @@ class Listener(nn.Module):
         self.causal_values = cfg.value_direction == "forward"
         self.value = nn.Linear(h if self.causal_values else 2 * h, cfg.key_size)
         self.drop = nn.Dropout(cfg.listener_dropout_p)
+        # joint CTC (Kim, Hori & Watanabe 2017): per-frame characters from the listener, blank = <pad>
+        self.ctc = nn.Linear(2 * h, cfg.vocab_size) if cfg.ctc_weight > 0 else None
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, return_hidden: bool = False):
+        """-> keys (N, S', A), values (N, S', A), lengths (N,) [, hidden (N, S', 2H)]."""
         if self.frontend is not None:                                # padding is zeroed on both sides
             m = frame_mask(lengths, x.size(1)).unsqueeze(-1).to(x.dtype)
             x = torch.relu(self.frontend((x * m).transpose(1, 2))).transpose(1, 2) * m.to(x.dtype)
@@ -123,6 +127,8 @@ class Listener(nn.Module):
             lengths = torch.clamp(lengths // 2, min=1)
             h = self.drop(layer(h, lengths))
         v = h[..., : h.size(-1) // 2] if self.causal_values else h   # forward half: audio up to each frame
+        if return_hidden:
+            return self.key(h), self.value(v), lengths, h
         return self.key(h), self.value(v), lengths
 
 
@@ -265,6 +271,22 @@ class LAS(nn.Module):
                     hide = torch.rand(prev.shape, generator=generator, device=prev.device) < self.config.char_dropout_p
                     prev = prev.masked_fill(hide, 0)
         return torch.stack(logits, 1), torch.stack(atts, 1)
+
+
+def las_loss(model: LAS, features, lengths, inputs, targets, tf_rate: float = 1.0,
+             generator: torch.Generator | None = None, pad: int = 0) -> torch.Tensor:
+    """Training loss: attention cross-entropy per character, mixed with the listener's CTC loss
+    when ``ctc_weight`` > 0: ``(1 - w) * CE + w * CTC`` (targets without ``<eos>``, blank = ``pad``)."""
+    w = model.config.ctc_weight
+    keys, values, lens, hidden = model.listener(features, lengths, return_hidden=True)
+    logits, _ = model(features, lengths, inputs, tf_rate, generator, listened=(keys, values, lens))
+    loss = sequence_loss(logits, targets, pad)
+    if w > 0:
+        logp = model.listener.ctc(hidden).float().log_softmax(-1).transpose(0, 1)   # (S', N, C)
+        n_chars = (targets != pad).sum(1) - 1                                       # drop <eos>
+        ctc = F.ctc_loss(logp, targets, lens, n_chars, blank=pad, zero_infinity=True)
+        loss = (1 - w) * loss + w * ctc
+    return loss
 
 
 def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, pad: int = 0) -> torch.Tensor:

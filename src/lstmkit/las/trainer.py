@@ -30,7 +30,7 @@ from .config import LASRunConfig, learning_rate, teacher_forcing_rate
 from .data import CharVocabulary, SpeechDataset, Utterance, collate, length_buckets, read_split, speed_perturb
 from .decode import greedy_decode
 from .metrics import alignment_accuracy, cer, monotonic_focus, wer
-from .model import LAS, sequence_loss
+from .model import LAS, las_loss, sequence_loss
 from .toy import generate
 
 
@@ -98,7 +98,7 @@ class LASTrainer:
                 x = x + cfg.data.augment_noise * torch.randn_like(x)
             if cfg.data.augment_speed > 0:
                 x, lens = speed_perturb(x, lens, cfg.data.augment_speed)
-            res = train_step(lambda: sequence_loss(self.model(x, lens, inp, tf)[0], tgt, self.vocab.pad),
+            res = train_step(lambda: las_loss(self.model, x, lens, inp, tgt, tf, pad=self.vocab.pad),
                              self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
             self.step += 1
             self.batch_in_epoch = i + 1

@@ -21,6 +21,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..nn import LockedDropout, WeightDrop, embedding_dropout
+from ..nn.linear_cross_entropy import linear_cross_entropy
 
 P = {"min": 0.0, "max": 1.0, "max_open": True}  # range of every *_p field
 
@@ -47,6 +48,9 @@ class AWDLSTMConfig:
     softmax: str = field(default="full", metadata={"choices": ("full", "adaptive")})
     adaptive_cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
     adaptive_div: float = field(default=4.0, metadata={"min": 1.0})
+    # Full softmax loss in row chunks with gradients computed on the fly (lstmkit.nn.linear_cross_entropy):
+    # the (N*T, V) logits never exist at once. 0 = plain autograd over the whole logits.
+    loss_chunk: int = field(default=1024, metadata={"min": 0})
 
     def p(self, name: str) -> float:
         """A dropout rate after ``dropout_scale`` (kept below 1)."""
@@ -134,6 +138,9 @@ class AWDLSTM(nn.Module):
         if self.config.softmax == "adaptive":
             with torch.autocast(h.device.type, enabled=False):
                 return self.adaptive(h.reshape(-1, h.size(-1)).float(), targets.reshape(-1)).loss
+        if self.config.loss_chunk:
+            return linear_cross_entropy(h.reshape(-1, h.size(-1)), self.decoder.weight, self.decoder.bias,
+                                        targets.reshape(-1), self.config.loss_chunk)
         return cross_entropy_chunked(self, h, targets, chunk=h.numel() if self.training else 4096)
 
     def forward(self, tokens: torch.Tensor, hidden=None) -> LMOutput:

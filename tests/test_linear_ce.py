@@ -1,0 +1,47 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lstmkit.nn.linear_cross_entropy import linear_cross_entropy
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_cross_entropy_of_linear_in_value_and_gradients(bias):
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(50, dtype=torch.float64, requires_grad=True) if bias else None
+    t = torch.randint(0, 50, (37,))
+    ref = F.cross_entropy(F.linear(h, w, b), t)
+    got = linear_cross_entropy(h, w, b, t, chunk=8)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+    params = [h, w] + ([b] if bias else [])
+    g_ref = torch.autograd.grad(3 * ref, params)
+    g_got = torch.autograd.grad(3 * got, params)             # upstream gradient is applied
+    for a, r in zip(g_got, g_ref):
+        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-6)
+
+
+def test_tied_weight_gets_both_gradients_and_autocast_runs_in_bf16():
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(30, 8)
+    x = torch.randint(0, 30, (4, 5))
+    t = torch.randint(0, 30, (20,))
+    h = emb(x).reshape(-1, 8) * 2
+
+    def grads(fn):
+        emb.zero_grad()
+        fn(emb(x).reshape(-1, 8) * 2).backward()
+        return emb.weight.grad.clone()
+    ref = grads(lambda h: F.cross_entropy(h @ emb.weight.t(), t))
+    got = grads(lambda h: linear_cross_entropy(h, emb.weight, None, t, chunk=7))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lo = linear_cross_entropy(h, emb.weight, None, t)
+    ref = F.cross_entropy(h @ emb.weight.t(), t)
+    assert lo.dtype == torch.float32 and abs(lo.item() - ref.item()) < 0.05
+
+
+def test_bad_targets_are_refused():
+    with pytest.raises(ValueError, match="targets"):
+        linear_cross_entropy(torch.randn(4, 3), torch.randn(5, 3), None, torch.zeros(3, dtype=torch.long))
