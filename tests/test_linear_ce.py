@@ -45,3 +45,12 @@ def test_tied_weight_gets_both_gradients_and_autocast_runs_in_bf16():
 def test_bad_targets_are_refused():
     with pytest.raises(ValueError, match="targets"):
         linear_cross_entropy(torch.randn(4, 3), torch.randn(5, 3), None, torch.zeros(3, dtype=torch.long))
+
+
+def test_no_grad_computes_the_loss_only():
+    h, w = torch.randn(9, 4, requires_grad=True), torch.randn(6, 4, requires_grad=True)
+    t = torch.randint(0, 6, (9,))
+    with torch.no_grad():
+        lo = linear_cross_entropy(h, w, None, t, chunk=4)
+    assert not lo.requires_grad
+    torch.testing.assert_close(lo, F.cross_entropy(h @ w.t(), t).detach())

@@ -19,9 +19,9 @@ _SUB = 128   # rows per elementwise pass: 128 x 33k fp32 logits (17 MB) stay in 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, chunk: int, dtype):
+    def forward(ctx, h, weight, bias, targets, chunk: int, dtype, grad_enabled: bool):
         m = h.size(0)
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        need_h, need_w, need_b = (n and grad_enabled for n in ctx.needs_input_grad[:3])   # no_grad: loss only
         grads = need_h or need_w or need_b
         acc = torch.promote_types(dtype, torch.float32)        # softmax and sums: at least fp32
         w = weight.to(dtype)
@@ -66,7 +66,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             return None if g is None else (g.to(torch.promote_types(g.dtype, scale.dtype)) * scale).to(dtype)
         dh, dw, db = ctx.dtypes
         grad_h, grad_w, grad_b = ctx.saved_tensors
-        return scaled(grad_h, dh), scaled(grad_w, dw), scaled(grad_b, db), None, None, None
+        return scaled(grad_h, dh), scaled(grad_w, dw), scaled(grad_b, db), None, None, None, None
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
@@ -89,5 +89,6 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         dtype = torch.get_autocast_dtype(h.device.type)
     else:
         dtype = h.dtype
+    grad = torch.is_grad_enabled()
     with torch.autocast(h.device.type, enabled=False):
-        return _LinearCrossEntropy.apply(h, weight, bias, targets, max(1, int(chunk)), dtype)
+        return _LinearCrossEntropy.apply(h, weight, bias, targets, max(1, int(chunk)), dtype, grad)
