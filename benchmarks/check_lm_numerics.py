@@ -2,7 +2,7 @@
 seed on the same WikiText-2 batches (fixed BPTT, same dropout masks): once on lstmkit's default
 path (bf16 autocast where supported) and once in fp32, then compare the training loss.
 
-    python benchmarks/check_lm_numerics.py --config configs/wt2-cpu.toml --steps 200
+    python benchmarks/check_lm_numerics.py --config configs/wt2-cpu.toml --steps 200 --set model.softmax=full
 
 Prints the mean cross-entropy of the last 20 steps of each run and their relative difference
 (the issue's bar: within 1 %), plus the validation NLL of both models on the first 20k tokens.
@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from lstmkit.config import load_toml
+from lstmkit.config import load_toml, merge, parse_override
 from lstmkit.core.device import Runtime, pick_runtime
 from lstmkit.core.train import train_step
 from lstmkit.lm import AWDLSTM, LMConfig
@@ -58,8 +58,12 @@ def main():
     ap.add_argument("--config", default="configs/wt2-cpu.toml")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate for both runs")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = ap.parse_args()
-    cfg = load_toml(LMConfig, args.config)
+    over: dict = {}
+    for kv in args.set:
+        over = merge(over, parse_override(kv))
+    cfg = load_toml(LMConfig, args.config, over)
     corpus = load_corpus(cfg.data)
     fast = pick_runtime("cpu", "auto")
     results = {}
@@ -68,7 +72,7 @@ def main():
     last = {k: float(v[0][-20:].mean()) for k, v in results.items()}
     rel = abs(last["default"] - last["fp32"]) / last["fp32"]
     prec = "bf16" if fast.amp_dtype else "fp32"
-    print(f"# {args.config}, {args.steps} steps, batch {cfg.data.batch_size}, bptt {cfg.data.bptt}, Adam {args.lr}")
+    print(f"# {args.config} {' '.join(args.set)}: {cfg.model.softmax} softmax, {args.steps} steps, batch {cfg.data.batch_size}, bptt {cfg.data.bptt}, Adam {args.lr}")
     print("| run | first-step CE | mean CE, last 20 steps | valid NLL (20k tokens) | seconds |")
     print("|---|---|---|---|---|")
     for name, (losses, nll, sec) in results.items():

@@ -54,3 +54,23 @@ def test_no_grad_computes_the_loss_only():
         lo = linear_cross_entropy(h, w, None, t, chunk=4)
     assert not lo.requires_grad
     torch.testing.assert_close(lo, F.cross_entropy(h @ w.t(), t).detach())
+
+
+def test_adaptive_nll_matches_the_module_with_gradients_and_runs_under_autocast():
+    from lstmkit.nn.adaptive import adaptive_nll
+    torch.manual_seed(0)
+    asm = torch.nn.AdaptiveLogSoftmaxWithLoss(16, 60, [10, 30], div_value=2.0)
+    h = torch.randn(40, 16, requires_grad=True)
+    t = torch.randint(0, 60, (40,))
+    ref = asm(h, t).loss
+    got = adaptive_nll(asm, h, t)
+    torch.testing.assert_close(got, ref)
+    g_ref = torch.autograd.grad(ref, [h, asm.head.weight])
+    g_got = torch.autograd.grad(got, [h, asm.head.weight])
+    for a, r in zip(g_got, g_ref):
+        torch.testing.assert_close(a, r)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lo = adaptive_nll(asm, h, t)
+    assert lo.dtype == torch.float32 and abs(lo.item() - ref.item()) < 0.05
+    with pytest.raises(ValueError, match="ids in"):
+        adaptive_nll(asm, h, torch.full((40,), 60))

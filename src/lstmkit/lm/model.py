@@ -21,6 +21,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..nn import LockedDropout, WeightDrop, embedding_dropout
+from ..nn.adaptive import adaptive_nll
 from ..nn.linear_cross_entropy import linear_cross_entropy
 
 P = {"min": 0.0, "max": 1.0, "max_open": True}  # range of every *_p field
@@ -135,9 +136,8 @@ class AWDLSTM(nn.Module):
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-word NLL (nats) of hidden outputs h (N, T, E) against targets (N, T), fp32."""
-        if self.config.softmax == "adaptive":
-            with torch.autocast(h.device.type, enabled=False):
-                return self.adaptive(h.reshape(-1, h.size(-1)).float(), targets.reshape(-1)).loss
+        if self.config.softmax == "adaptive":   # linears under autocast, log-softmaxes and sums in fp32
+            return adaptive_nll(self.adaptive, h.reshape(-1, h.size(-1)), targets.reshape(-1))
         if self.config.loss_chunk:
             return linear_cross_entropy(h.reshape(-1, h.size(-1)), self.decoder.weight, self.decoder.bias,
                                         targets.reshape(-1), self.config.loss_chunk)
