@@ -40,7 +40,7 @@ def run(cfg, corpus, rt: Runtime, steps: int, lr: float):
             nonlocal hidden
             dropped, raw, hidden = model.features(x, hidden)
             ce = model.loss(dropped, y)
-            losses.append(float(ce))
+            losses.append(float(ce.detach()))
             return ce + activation_regularization(dropped, 2.0) + temporal_activation_regularization(raw, 1.0)
         train_step(loss_fn, opt, model.parameters(), cfg.optim.clip, rt)
         hidden = detach_hidden(hidden)

@@ -98,6 +98,11 @@ def _read_pointer(pointer: Path) -> dict:
         raise InputError(str(pointer), f"checkpoint pointer unreadable ({e})", "a JSON file written by lstmkit") from None
 
 
+def has_checkpoint(folder: Path, name: str = "last") -> bool:
+    """True when checkpoint ``name`` has been committed in ``folder``."""
+    return (Path(folder) / f"{name}.json").is_file()
+
+
 def load_checkpoint(folder: Path, name: str = "last", map_location: str | torch.device = "cpu"):
     """Load checkpoint ``name`` -> ``(weights, extra, state)``; verifies size and sha256 first.
 

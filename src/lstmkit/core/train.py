@@ -47,6 +47,15 @@ def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optim
     return StepResult(value, norm, False)
 
 
+class Rewind(Exception):
+    """Raised by a trainer after too many non-finite steps in a row: its ``fit`` loop reloads the
+    last checkpoint and continues with a lower learning rate."""
+
+    def __init__(self, step: int):
+        super().__init__(f"non-finite steps up to step {step}")
+        self.step = step
+
+
 class StopFlag:
     """Turns Ctrl-C (SIGINT) into a flag the loop checks between steps, so training ends at a
     step boundary with a checkpoint written. A second Ctrl-C interrupts immediately."""

@@ -43,7 +43,11 @@ class LASTrainConfig:
     threads: int = field(default=0, metadata={"min": 0})
     runs_dir: str = "runs"
     n_plots: int = field(default=10, metadata={"min": 0})
-    max_nonfinite: int = field(default=5, metadata={"min": 1})
+    max_nonfinite: int = field(default=5, metadata={"min": 1})          # skipped steps in a row before a rewind
+    nonfinite_lr_factor: float = field(default=0.5, metadata={"min": 0.0, "min_open": True, "max": 1.0})
+    max_rewinds: int = field(default=3, metadata={"min": 0})
+    checkpoint_every: int = field(default=0, metadata={"min": 0})       # steps; 0 = at each validation only
+    log_every: int = field(default=0, metadata={"min": 0})              # steps between per-step loss records; 0 = none
 
 
 @dataclass

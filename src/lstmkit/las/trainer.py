@@ -20,11 +20,12 @@ import torch
 from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
-from ..core.checkpoint import load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
+from ..core.checkpoint import (has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state,
+                               save_checkpoint, set_rng_state)
 from ..core.device import pick_runtime
 from ..core.plots import plot_attention, plot_curves, plot_features
 from ..core.runs import RunFolder
-from ..core.train import StopFlag, train_step
+from ..core.train import Rewind, StopFlag, train_step
 from ..errors import InputError
 from .config import LASRunConfig, learning_rate, teacher_forcing_rate
 from .data import CharVocabulary, SpeechDataset, Utterance, collate, length_buckets, read_split, speed_perturb
@@ -68,6 +69,7 @@ class LASTrainer:
             plot_features(self.run.file("train_X_sample.png"), u.features, f"train sample {u.id}: {u.text!r}")
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.elapsed, self.best_cer, self.nonfinite = 0.0, math.inf, 0
+        self.lr_factor, self.rewinds = 1.0, 0   # numerical guard: lowered learning rate after a rewind
         self.rng = np.random.default_rng(cfg.train.seed)
         self.epoch_rng_state = self.rng.bit_generator.state
         self.history: list[dict] = []
@@ -88,7 +90,7 @@ class LASTrainer:
         evals = {int(len(batches) * k / cfg.train.evals_per_epoch) for k in range(1, cfg.train.evals_per_epoch)}
         tf = teacher_forcing_rate(self.epoch, cfg.optim)
         for group in self.opt.param_groups:
-            group["lr"] = learning_rate(self.epoch, cfg.optim)
+            group["lr"] = learning_rate(self.epoch, cfg.optim) * self.lr_factor
         self.model.train()
         total = count = 0.0
         t0 = time.time()
@@ -103,14 +105,17 @@ class LASTrainer:
             self.step += 1
             self.batch_in_epoch = i + 1
             if res.skipped:
-                self.nonfinite += 1
-                self.run.log_metrics({"type": "nonfinite", "step": self.step, "loss": res.loss})
-                if self.nonfinite >= cfg.train.max_nonfinite:
-                    raise FloatingPointError(f"{self.nonfinite} non-finite losses in a row at step {self.step}; "
-                                             "lower optim.lr or optim.clip")
+                self._on_nonfinite(res)
             else:
                 self.nonfinite = 0
                 total, count = total + res.loss, count + 1
+            if cfg.train.log_every and self.step % cfg.train.log_every == 0:
+                self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
+                                      "step_loss": res.loss, "grad_norm": res.grad_norm})
+            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                self.elapsed += time.time() - t0
+                t0 = time.time()
+                self.save()
             if i + 1 in evals:
                 self.elapsed += time.time() - t0
                 self.validate(total / max(count, 1), partial=True)
@@ -124,6 +129,29 @@ class LASTrainer:
             self.batch_in_epoch = 0
             self.epoch_rng_state = self.rng.bit_generator.state
         return total / max(count, 1)
+
+    def _on_nonfinite(self, res) -> None:
+        """Count a skipped step; after ``max_nonfinite`` in a row rewind to the last checkpoint with a
+        lower learning rate (:class:`Rewind`, handled by :meth:`fit`), or give up after ``max_rewinds``."""
+        t = self.config.train
+        self.nonfinite += 1
+        self.run.log_metrics({"type": "nonfinite", "step": self.step, "loss": res.loss, "grad_norm": res.grad_norm})
+        if self.nonfinite < t.max_nonfinite:
+            return
+        if self.rewinds < t.max_rewinds and has_checkpoint(self.run.checkpoint_dir, "last"):
+            raise Rewind(self.step)
+        raise FloatingPointError(f"{self.nonfinite} non-finite losses in a row at step {self.step} after "
+                                 f"{self.rewinds} rewinds; lower optim.lr or optim.clip")
+
+    def rewind(self, at_step: int) -> None:
+        """Reload the last checkpoint and continue with the learning rate x ``nonfinite_lr_factor``."""
+        factor, rewinds = self.lr_factor * self.config.train.nonfinite_lr_factor, self.rewinds + 1
+        self._restore()
+        self.lr_factor, self.rewinds, self.nonfinite = factor, rewinds, 0
+        self.run.log_metrics({"type": "rewind", "at_step": at_step, "to_step": self.step, "lr_factor": factor,
+                              "rewinds": rewinds})
+        print(f"step {at_step}: {self.config.train.max_nonfinite} non-finite steps in a row; back to the checkpoint "
+              f"of step {self.step} with learning rate x {factor:g}", flush=True)
 
     # ------------------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -206,7 +234,8 @@ class LASTrainer:
     # ------------------------------------------------------------------------------ persistence
     def save(self) -> None:
         state = {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed,
-                 "best_cer": self.best_cer, "epoch_rng": self.epoch_rng_state, "history": self.history}
+                 "best_cer": self.best_cer, "epoch_rng": self.epoch_rng_state, "history": self.history,
+                 "lr_factor": self.lr_factor, "rewinds": self.rewinds}
         save_checkpoint(self.run.checkpoint_dir, "last", f"{self.step:09d}", module_weights(self.model),
                         {"optim": self.opt.state_dict(), "rng": rng_state()}, state)
 
@@ -216,20 +245,29 @@ class LASTrainer:
         cfg = load_toml(LASRunConfig, run.path / "config.toml", overrides)
         vocab = CharVocabulary(json.loads((run.path / "chars.json").read_text(encoding="utf-8")))
         t = cls(cfg, run=run, vocab=vocab)
-        weights, extra, st = load_checkpoint(run.checkpoint_dir, "last", t.runtime.device)
-        load_module_weights(t.model, weights, str(run.checkpoint_dir))
-        t.opt.load_state_dict(extra["optim"])
-        set_rng_state(extra["rng"])
-        t.epoch, t.step, t.batch_in_epoch, t.elapsed = st["epoch"], st["step"], st["batch_in_epoch"], st["elapsed"]
-        t.best_cer, t.history, t.epoch_rng_state = st["best_cer"], st["history"], st["epoch_rng"]
+        t._restore()
         return t
+
+    def _restore(self) -> None:
+        """Load the ``last`` checkpoint: weights, optimizer, every RNG, position in the epoch."""
+        weights, extra, st = load_checkpoint(self.run.checkpoint_dir, "last", self.runtime.device)
+        load_module_weights(self.model, weights, str(self.run.checkpoint_dir))
+        self.opt.load_state_dict(extra["optim"])
+        set_rng_state(extra["rng"])
+        self.epoch, self.step, self.batch_in_epoch, self.elapsed = st["epoch"], st["step"], st["batch_in_epoch"], st["elapsed"]
+        self.best_cer, self.history, self.epoch_rng_state = st["best_cer"], st["history"], st["epoch_rng"]
+        self.lr_factor, self.rewinds = st.get("lr_factor", 1.0), st.get("rewinds", 0)
 
     def fit(self, max_minutes: float | None = None) -> dict:
         minutes = max_minutes or self.config.train.max_minutes
         self._deadline = time.time() + 60 * minutes if minutes else math.inf
         with StopFlag() as self._flag:
             while self.epoch < self.config.train.epochs and not self.stopped:
-                loss = self.train_epoch()
+                try:
+                    loss = self.train_epoch()
+                except Rewind as r:
+                    self.rewind(r.step)
+                    continue
                 self.validate(loss)
         return self.history[-1]
 

@@ -52,7 +52,9 @@ class TrainConfig:
     n_predictions: int = field(default=32, metadata=POS)           # contexts scored per epoch
     context_len: int = field(default=20, metadata=POS)
     generate_len: int = field(default=10, metadata=POS)
-    max_nonfinite: int = field(default=5, metadata=POS)            # skipped steps in a row before giving up
+    max_nonfinite: int = field(default=5, metadata=POS)            # skipped steps in a row before a rewind
+    nonfinite_lr_factor: float = field(default=0.5, metadata={"min": 0.0, "min_open": True, "max": 1.0})  # lr x this per rewind
+    max_rewinds: int = field(default=3, metadata={"min": 0})       # rewinds to the last checkpoint before giving up
 
 
 @dataclass

@@ -16,11 +16,11 @@ import torch
 from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
-from ..core.checkpoint import load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
+from ..core.checkpoint import has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
 from ..core.device import Runtime, pick_runtime
 from ..core.plots import plot_curves
 from ..core.runs import RunFolder
-from ..core.train import StopFlag, train_step
+from ..core.train import Rewind, StopFlag, train_step
 from ..errors import InputError
 from .config import LMConfig
 from .data import BPTTIterator, Corpus, Vocabulary, batchify, load_corpus
@@ -72,6 +72,7 @@ class LanguageModelTrainer:
         self.elapsed = 0.0          # training seconds over all sessions of this run
         self.stopped = False        # time budget reached or Ctrl-C
         self.nonfinite = 0
+        self.lr_factor, self.rewinds = 1.0, 0   # numerical guard: lowered learning rate after a rewind
         t = cfg.train
         self.dev_ctx = draw_contexts(loader.corpus.valid, t.n_predictions, t.context_len, seed=t.seed)
         self.test_ctx = draw_contexts(loader.corpus.test, t.n_predictions, t.context_len, seed=t.seed + 1)
@@ -106,7 +107,7 @@ class LanguageModelTrainer:
             if self.hidden is None or self.hidden[0][0].size(1) != x.size(0):
                 self.hidden = self.model.init_hidden(x.size(0), dev)
             self.hidden = detach_hidden(self.hidden)
-            self.opt.set_lr_scale(it.last_scale * cfg.optim.lr_decay ** self.epoch)
+            self.opt.set_lr_scale(it.last_scale * cfg.optim.lr_decay ** self.epoch * self.lr_factor)
             res = train_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
             self.step += 1
             if res.skipped:
@@ -120,7 +121,7 @@ class LanguageModelTrainer:
             if self.step % cfg.train.log_every == 0 and count:
                 bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{perplexity(total / count):.0f}")
                 self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
-                                      "loss": total / count, "lr": self.opt.param_groups[0]["lr"],
+                                      "loss": total / count, "step_loss": res.loss, "lr": self.opt.param_groups[0]["lr"],
                                       "grad_norm": res.grad_norm, "tokens_per_s": round(tokens / (time.time() - t_log), 1)})
                 t_log, tokens = time.time(), 0
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
@@ -145,12 +146,28 @@ class LanguageModelTrainer:
         return (self._flag is not None and self._flag.stop) or time.time() > self._deadline
 
     def _on_nonfinite(self, res) -> None:
+        """Count a skipped step; after ``max_nonfinite`` in a row rewind to the last checkpoint with a
+        lower learning rate (:class:`Rewind`, handled by :meth:`fit`), or give up after ``max_rewinds``."""
+        t = self.config.train
         self.nonfinite += 1
         self.run.log_metrics({"type": "nonfinite", "step": self.step, "loss": res.loss, "grad_norm": res.grad_norm})
-        if self.nonfinite >= self.config.train.max_nonfinite:
-            raise FloatingPointError(
-                f"{self.nonfinite} non-finite losses/gradients in a row at step {self.step}; lower optim.lr or "
-                f"raise optim.clip; the last good checkpoint is in {self.run.checkpoint_dir}")
+        if self.nonfinite < t.max_nonfinite:
+            return
+        if self.rewinds < t.max_rewinds and has_checkpoint(self.run.checkpoint_dir, "last"):
+            raise Rewind(self.step)
+        raise FloatingPointError(
+            f"{self.nonfinite} non-finite losses/gradients in a row at step {self.step} after {self.rewinds} "
+            f"rewinds; lower optim.lr or optim.clip; the last good checkpoint is in {self.run.checkpoint_dir}")
+
+    def rewind(self, at_step: int) -> None:
+        """Reload the last checkpoint and continue with the learning rate x ``nonfinite_lr_factor``."""
+        factor, rewinds = self.lr_factor * self.config.train.nonfinite_lr_factor, self.rewinds + 1
+        self._restore()
+        self.lr_factor, self.rewinds, self.nonfinite = factor, rewinds, 0
+        self.run.log_metrics({"type": "rewind", "at_step": at_step, "to_step": self.step, "lr_factor": factor,
+                              "rewinds": rewinds})
+        print(f"step {at_step}: {self.config.train.max_nonfinite} non-finite steps in a row; back to the checkpoint "
+              f"of step {self.step} with learning rate x {factor:g}", flush=True)
 
     # ----------------------------------------------------------------------------- evaluation
     def validate(self, partial: bool = False) -> float:
@@ -207,7 +224,7 @@ class LanguageModelTrainer:
                  "hidden": [list(h) for h in self.hidden] if self.hidden is not None else []}
         state = {"epoch": self.epoch, "step": self.step, "val_losses": self.val_losses,
                  "train_losses": self.train_losses, "best_val": self.best_val, "elapsed": self.elapsed,
-                 "loader": self.loader.iterator.state_dict()}
+                 "loader": self.loader.iterator.state_dict(), "lr_factor": self.lr_factor, "rewinds": self.rewinds}
         save_checkpoint(self.run.checkpoint_dir, "last", f"{self.step:09d}", module_weights(self.model), extra, state)
 
     def _restore(self) -> None:
@@ -219,6 +236,7 @@ class LanguageModelTrainer:
         self.epoch, self.step, self.elapsed = st["epoch"], st["step"], st["elapsed"]
         self.val_losses, self.train_losses, self.best_val = st["val_losses"], st["train_losses"], st["best_val"]
         self.loader.iterator.load_state_dict(st["loader"])
+        self.lr_factor, self.rewinds = st.get("lr_factor", 1.0), st.get("rewinds", 0)
 
     @classmethod
     def from_config(cls, config: LMConfig, run_id: str | None = None) -> "LanguageModelTrainer":
@@ -252,7 +270,11 @@ class LanguageModelTrainer:
         self._deadline = time.time() + 60 * minutes if minutes else math.inf
         with StopFlag() as self._flag:
             while self.epoch < self.max_epochs and not self.stopped:
-                self.train()
+                try:
+                    self.train()
+                except Rewind as r:
+                    self.rewind(r.step)
+                    continue
                 self.test()
         return self.final_eval()
 

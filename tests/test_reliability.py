@@ -1,0 +1,149 @@
+"""Exact resume after kill -9, and the numerical guard (skip, rewind, lower the learning rate),
+for both trainers."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from lstmkit.config import dumps_toml, to_dict
+from lstmkit.lm import LanguageModelTrainer
+from lstmkit.las import LASTrainer
+from test_las import tiny_las_config
+
+
+def records(run, kind):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if json.loads(x)["type"] == kind]
+
+
+def step_losses(run):
+    """step -> loss of the last time that step was logged (a resumed run logs replayed steps again)."""
+    return {r["step"]: r["step_loss"] for r in records(run, "train")}
+
+
+def committed_step(run):
+    p = run / "checkpoint" / "last.json"
+    try:
+        return json.loads(p.read_text())["state"]["step"] if p.exists() else -1
+    except (OSError, json.JSONDecodeError):
+        return -1
+
+
+def kill_after_checkpoint(cmd, run, min_step, env, timeout=240):
+    """Start ``cmd``, SIGKILL it once a checkpoint at ``min_step`` or later is committed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    t0 = time.time()
+    while committed_step(run) < min_step:
+        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()[-2000:]}"
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return committed_step(run)
+
+
+def cli_env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "LSTMKIT_FP32": "1"}
+
+
+@pytest.mark.slow
+def test_lm_kill_9_mid_epoch_then_resume_matches_uninterrupted_run_bit_for_bit(small_corpus, tmp_path):
+    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=2, checkpoint_every=25, log_every=1, threads=1)
+    (tmp_path / "c.toml").write_text(dumps_toml(to_dict(cfg)))
+    base = [sys.executable, "-m", "lstmkit", "lm", "train", "--config", str(tmp_path / "c.toml")]
+    env = cli_env()
+    r = subprocess.run(base + ["--run-id", "full"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "cut"
+    at = kill_after_checkpoint(base + ["--run-id", "cut"], run, 100, env)
+    assert 0 < at < len(step_losses(tmp_path / "runs" / "full")) // 2     # killed inside the first epoch
+    r = subprocess.run([sys.executable, "-m", "lstmkit", "lm", "train", "--resume", str(run)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    full, cut = step_losses(tmp_path / "runs" / "full"), step_losses(run)
+    assert sorted(cut) == sorted(full)
+    assert [cut[s] for s in sorted(cut) if s > at] == [full[s] for s in sorted(full) if s > at]   # exact floats
+    a = json.loads((tmp_path / "runs" / "full" / "results.json").read_text())
+    b = json.loads((run / "results.json").read_text())
+    assert a["test_loss"] == b["test_loss"] and a["val_loss"] == b["val_loss"]
+
+
+@pytest.mark.slow
+def test_las_kill_9_mid_epoch_then_resume_matches_uninterrupted_run_bit_for_bit(tmp_path):
+    cfg = tiny_las_config(tmp_path / "runs", epochs=2, checkpoint_every=20, log_every=1, threads=1,
+                          precision="fp32", n_plots=1)
+    cfg.data.toy.n_train, cfg.data.toy.n_val = 1600, 16
+    cfg.optim.tf_floor, cfg.optim.tf_decay = 0.5, 0.5        # scheduled sampling draws: RNG must resume too
+    cfg.model.dropout_p = 0.2
+    (tmp_path / "c.toml").write_text(dumps_toml(to_dict(cfg)))
+    base = [sys.executable, "-m", "lstmkit", "las", "train", "--config", str(tmp_path / "c.toml")]
+    env = cli_env()
+    r = subprocess.run(base + ["--run-id", "full"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "cut"
+    at = kill_after_checkpoint(base + ["--run-id", "cut"], run, 60, env)
+    steps_per_epoch = 1600 // 32
+    assert steps_per_epoch < at < 2 * steps_per_epoch                     # inside the second epoch
+    r = subprocess.run([sys.executable, "-m", "lstmkit", "las", "train", "--resume", str(run)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    full, cut = step_losses(tmp_path / "runs" / "full"), step_losses(run)
+    assert sorted(cut) == sorted(full)
+    assert [cut[s] for s in sorted(cut) if s > at] == [full[s] for s in sorted(full) if s > at]
+    assert records(run, "valid")[-1]["cer"] == records(tmp_path / "runs" / "full", "valid")[-1]["cer"]
+
+
+def poison(trainer, attr, calls):
+    """Make the trainer's loss NaN on the given call numbers (1-based)."""
+    original = getattr(trainer, attr) if attr else None
+    n = {"calls": 0}
+
+    def wrapped(*a, **k):
+        n["calls"] += 1
+        out = original(*a, **k)
+        return out * float("nan") if n["calls"] in calls else out
+    return wrapped, n
+
+
+def test_lm_nonfinite_steps_rewind_to_last_checkpoint_with_lower_lr(small_corpus, tmp_path):
+    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=1, checkpoint_every=10, max_nonfinite=3,
+                      log_every=1)
+    t = LanguageModelTrainer.from_config(cfg, run_id="nan")
+    t._loss, n = poison(t, "_loss", {15, 16, 17})
+    t.fit()
+    run = tmp_path / "runs" / "nan"
+    assert len(records(run, "nonfinite")) == 3
+    (rw,) = records(run, "rewind")
+    assert rw["at_step"] == 17 and rw["to_step"] == 10 and rw["lr_factor"] == 0.5
+    assert t.lr_factor == 0.5 and t.rewinds == 1 and n["calls"] > 17
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+
+
+def test_lm_gives_up_with_a_clear_error_when_rewinds_do_not_help(small_corpus, tmp_path):
+    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=1, checkpoint_every=5, max_nonfinite=2, max_rewinds=1)
+    t = LanguageModelTrainer.from_config(cfg, run_id="nan")
+    t._loss, _ = poison(t, "_loss", set(range(8, 10 ** 6)))
+    with pytest.raises(FloatingPointError, match="after 1 rewinds"):
+        t.fit()
+
+
+def test_las_nonfinite_steps_rewind_to_last_checkpoint_with_lower_lr(tmp_path, monkeypatch):
+    import lstmkit.las.trainer as lt
+    cfg = tiny_las_config(tmp_path / "runs", epochs=1, checkpoint_every=5, max_nonfinite=2, n_plots=0)
+    cfg.data.toy.n_train, cfg.data.toy.n_val = 640, 8
+    cfg.model.listener_hidden = cfg.model.speller_hidden = 16
+    t = LASTrainer(cfg, run_id="nan")
+    wrapped, n = poison(lt, "las_loss", {8, 9})
+    monkeypatch.setattr(lt, "las_loss", wrapped)
+    t.fit()
+    run = tmp_path / "runs" / "nan"
+    (rw,) = records(run, "rewind")
+    assert rw["at_step"] == 9 and rw["to_step"] == 5 and rw["lr_factor"] == 0.5
+    assert t.opt.param_groups[0]["lr"] == pytest.approx(cfg.optim.lr * 0.5)
+    assert records(run, "valid")[-1]["step"] == 20                       # the epoch was completed after the rewind
