@@ -94,6 +94,27 @@ def las_make_toy(args) -> int:
     return 0
 
 
+def las_prepare(args) -> int:
+    from pathlib import Path
+    from .las.features import FeatureConfig
+    from .las.recipes import prepare_folder, prepare_fsdd, prepare_librispeech_mini
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(str(out), "folder exists and is not empty", "a new or empty folder (nothing is overwritten)")
+    if not Path(args.data_in).is_dir():
+        raise InputError(str(args.data_in), "folder not found", "the corpus folder to prepare")
+    if args.recipe == "fsdd":
+        cfg = FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 8000)
+        counts = prepare_fsdd(args.data_in, out, args.split, args.held_out, args.n_train, args.n_val, args.seed, cfg)
+    elif args.recipe == "librispeech-mini":
+        counts = prepare_librispeech_mini(args.data_in, out, pool_to=args.bands if args.bands != 80 else None)
+    else:
+        counts = prepare_folder(args.data_in, out, FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 16000))
+    for split, n in counts.items():
+        print(f"{out / split}: {n} utterances" if n else f"{split}: skipped (no transcripts)")
+    return 0
+
+
 def las_train(args) -> int:
     from .las import LASRunConfig, LASTrainer
     over = _overrides(args)
@@ -217,6 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--window", type=int, help="attend only within [peak-1, peak+W] frames of the previous "
                                               "step's peak (0 = off; default: the model's decode_window)")
     d.set_defaults(func=las_decode)
+
+    pr = las.add_parser("prepare", help="wav corpus / FSDD / LibriSpeech-mini -> LAS data folders (feats + transcripts)")
+    pr.add_argument("data_in", help="corpus folder (see docs/data-formats.md)")
+    pr.add_argument("out", help="new folder for <split>/transcripts.tsv + feats/")
+    pr.add_argument("--recipe", default="folder", choices=("folder", "fsdd", "librispeech-mini"))
+    pr.add_argument("--split", default="official", choices=("official", "speaker"), help="fsdd: take-index or held-out speaker")
+    pr.add_argument("--held-out", default="theo", help="fsdd --split speaker: the validation speaker")
+    pr.add_argument("--n-train", type=int, default=3000, help="fsdd: digit-string training utterances")
+    pr.add_argument("--n-val", type=int, default=300, help="fsdd: digit-string validation utterances")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--bands", type=int, default=40, help="mel bands (librispeech-mini: pool 80 -> this)")
+    pr.add_argument("--sample-rate", type=int, help="resample audio to this rate (fsdd default 8000, folder 16000)")
+    pr.set_defaults(func=las_prepare)
 
     pl = las.add_parser("plot", help="re-draw attention plots of a run from its attention.npy")
     pl.add_argument("run")

@@ -17,6 +17,11 @@ class LASDataConfig:
     batch_size: int = field(default=64, metadata={"min": 1})
     augment_noise: float = field(default=0.0, metadata={"min": 0.0})   # std of fresh Gaussian noise on training features
     augment_speed: float = field(default=0.0, metadata={"min": 0.0, "max": 0.5})  # time stretch by 1 +- this, per utterance
+    # SpecAugment (Park et al. 2019), training only: masks of up to `width` frames / bands
+    specaug_time_masks: int = field(default=0, metadata={"min": 0})
+    specaug_time_width: int = field(default=10, metadata={"min": 0})
+    specaug_freq_masks: int = field(default=0, metadata={"min": 0})
+    specaug_freq_width: int = field(default=8, metadata={"min": 0})
     toy: ToyConfig = field(default_factory=ToyConfig)
 
 

@@ -30,6 +30,7 @@ from ..errors import InputError
 from .config import LASRunConfig, learning_rate, teacher_forcing_rate
 from .data import CharVocabulary, SpeechDataset, Utterance, collate, length_buckets, read_split, speed_perturb
 from .decode import greedy_decode
+from .features import spec_augment
 from .metrics import alignment_accuracy, cer, monotonic_focus, wer
 from .model import LAS, las_loss, sequence_loss
 from .toy import generate
@@ -100,6 +101,10 @@ class LASTrainer:
                 x = x + cfg.data.augment_noise * torch.randn_like(x)
             if cfg.data.augment_speed > 0:
                 x, lens = speed_perturb(x, lens, cfg.data.augment_speed)
+            d = cfg.data
+            if d.specaug_time_masks or d.specaug_freq_masks:
+                x = spec_augment(x, lens, d.specaug_time_masks, d.specaug_time_width, d.specaug_freq_masks,
+                                 d.specaug_freq_width)
             res = train_step(lambda: las_loss(self.model, x, lens, inp, tgt, tf, pad=self.vocab.pad),
                              self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
             self.step += 1

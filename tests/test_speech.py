@@ -1,0 +1,118 @@
+"""Real speech: waveform features, the FSDD and LibriSpeech-mini recipes, SpecAugment."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from lstmkit.errors import InputError
+from lstmkit.las import read_split
+from lstmkit.las.features import FeatureConfig, cmvn, log_mel, read_wav, resample, spec_augment, wav_features
+from lstmkit.las.recipes import DIGITS, prepare_folder, prepare_fsdd, prepare_librispeech_mini
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_shared = pytest.mark.skipif(not (SHARED / "fsdd").is_dir(), reason="../shared/data not present")
+
+
+def tone(seconds=0.5, rate=16000, freq=440.0):
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_log_mel_shape_hop_and_normalization():
+    f = log_mel(tone(1.0), 16000, FeatureConfig(n_bands=40))
+    assert f.shape == (98, 40) and f.dtype == np.float32         # (1000 - 25) / 10 + 1 windows
+    np.testing.assert_allclose(f.mean(0), 0, atol=1e-4)
+    raw = log_mel(tone(1.0), 16000, FeatureConfig(n_bands=23, hop_ms=20, normalize=False))
+    assert raw.shape == (49, 23)
+    assert raw[:, np.argmax(raw.mean(0))].mean() > raw.mean() + 3   # the 440 Hz band stands out
+
+
+def test_resampling_keeps_duration_and_tone():
+    x8 = tone(1.0, 8000)
+    x16 = resample(x8, 8000, 16000)
+    assert x16.shape == (16000,)
+    a = log_mel(x8, 8000, FeatureConfig(sample_rate=16000, normalize=False))
+    b = log_mel(x16, 16000, FeatureConfig(sample_rate=16000, normalize=False))
+    assert a.shape == b.shape and np.argmax(a.mean(0)) == np.argmax(b.mean(0))
+
+
+def test_read_wav_mono_and_errors(tmp_path):
+    stereo = np.stack([tone(), tone()], 1)
+    soundfile.write(tmp_path / "s.wav", stereo, 16000)
+    x, rate = read_wav(tmp_path / "s.wav")
+    assert x.ndim == 1 and rate == 16000 and abs(x.max() - 0.3) < 1e-3
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all")
+    with pytest.raises(InputError, match="unreadable audio"):
+        read_wav(tmp_path / "junk.wav")
+    with pytest.raises(InputError, match="not found"):
+        read_wav(tmp_path / "nope.wav")
+    soundfile.write(tmp_path / "short.wav", tone(0.01), 16000)
+    with pytest.raises(InputError, match="window"):
+        wav_features(tmp_path / "short.wav", FeatureConfig())
+
+
+def test_cmvn_and_spec_augment():
+    x = np.random.default_rng(0).normal(3, 2, (50, 4)).astype(np.float32)
+    y = cmvn(x)
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(y.std(0), 1, atol=1e-3)
+    g = torch.Generator().manual_seed(0)
+    z = spec_augment(torch.ones(3, 60, 40), torch.tensor([60, 60, 40]), 0, 0, 2, 8, g)
+    masked_bands = (z[:, 0] == 0)
+    assert masked_bands.any() and (masked_bands.sum(1) <= 16).all()
+    assert torch.equal(spec_augment(torch.ones(2, 5, 3), torch.tensor([5, 5]), 0, 9, 0, 9), torch.ones(2, 5, 3))
+
+
+def test_prepare_folder_of_wavs(tmp_path):
+    split = tmp_path / "corpus" / "train"
+    (split / "wav").mkdir(parents=True)
+    for i, f in enumerate((300.0, 900.0)):
+        soundfile.write(split / "wav" / f"u{i}.wav", tone(0.4, 8000, f), 8000)
+    (split / "transcripts.tsv").write_text("u0\tLow Tone\nu1\thigh tone\n")
+    counts = prepare_folder(tmp_path / "corpus", tmp_path / "out", FeatureConfig(n_bands=40))
+    assert counts == {"train": 2}
+    utts = read_split(tmp_path / "out" / "train", 40)
+    assert [u.text for u in utts] == ["low tone", "high tone"] and utts[0].features.shape == (38, 40)
+    with pytest.raises(InputError, match="transcripts.tsv"):
+        prepare_folder(tmp_path / "out" / "train" / "feats", tmp_path / "x", FeatureConfig())
+
+
+@pytest.fixture
+def small_fsdd(tmp_path):
+    rec = tmp_path / "fsdd" / "recordings"
+    rec.mkdir(parents=True)
+    for spk in ("george", "theo"):
+        for d in range(10):
+            for take in (0, 7):
+                shutil.copy(SHARED / "fsdd" / "recordings" / f"{d}_{spk}_{take}.wav", rec)
+    return tmp_path / "fsdd"
+
+
+@needs_shared
+def test_fsdd_digit_strings_official_and_held_out_speaker(small_fsdd, tmp_path):
+    counts = prepare_fsdd(small_fsdd, tmp_path / "off", "official", n_train=6, n_val=4, seed=1)
+    assert counts == {"train": 6, "val": 4}
+    val = read_split(tmp_path / "off" / "val", 40)
+    for u in val:
+        words = u.text.split()
+        assert 3 <= len(words) <= 7 and set(words) <= set(DIGITS)
+        assert u.features.shape[1] == 40 and u.features.shape[0] > 25 * len(words)   # >= 0.25 s per digit
+    prepare_fsdd(small_fsdd, tmp_path / "spk", "speaker", held_out="theo", n_train=5, n_val=3, seed=1)
+    assert all(u.id.endswith("-theo") for u in read_split(tmp_path / "spk" / "val", 40))
+    assert not any(u.id.endswith("-theo") for u in read_split(tmp_path / "spk" / "train", 40))
+    with pytest.raises(InputError, match="--held-out"):
+        prepare_fsdd(small_fsdd, tmp_path / "bad", "speaker", held_out="alice")
+
+
+@needs_shared
+def test_librispeech_mini_loads_train_and_dev_and_skips_untranscribed_test(tmp_path):
+    counts = prepare_librispeech_mini(SHARED / "librispeech-fbank-mini", tmp_path / "ls")
+    assert counts == {"train": 28, "val": 2, "test": 0}
+    utts = read_split(tmp_path / "ls" / "val", 40)
+    assert utts[0].features.shape[1] == 40 and utts[0].text == utts[0].text.lower() and len(utts[0].text) > 20
+    assert prepare_librispeech_mini(SHARED / "librispeech-fbank-mini", tmp_path / "ls80", pool_to=None,
+                                    splits={"dev-clean": "val"}) == {"val": 2}
+    assert read_split(tmp_path / "ls80" / "val", 80)[0].features.shape[1] == 80
