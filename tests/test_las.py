@@ -280,3 +280,12 @@ def test_joint_ctc_loss_mixes_in_and_trains_the_ctc_head():
     assert torch.isfinite(loss) and not torch.allclose(loss, ce)
     loss.backward()
     assert m.listener.ctc.weight.grad.abs().sum() > 0
+
+
+def test_sortagrad_batches_go_shortest_first():
+    from lstmkit.las.data import length_buckets
+    lengths = list(np.random.default_rng(0).integers(1, 100, size=50))
+    batches = length_buckets(lengths, 8, np.random.default_rng(1), shortest_first=True)
+    assert sorted(i for b in batches for i in b) == list(range(50))
+    maxima = [max(lengths[i] for i in b) for b in batches]
+    assert maxima == sorted(maxima)

@@ -104,12 +104,13 @@ def las_prepare(args) -> int:
     if not Path(args.data_in).is_dir():
         raise InputError(str(args.data_in), "folder not found", "the corpus folder to prepare")
     if args.recipe == "fsdd":
-        cfg = FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 8000)
+        cfg = FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 8000, hop_ms=args.hop_ms)
         counts = prepare_fsdd(args.data_in, out, args.split, args.held_out, args.n_train, args.n_val, args.seed, cfg)
     elif args.recipe == "librispeech-mini":
         counts = prepare_librispeech_mini(args.data_in, out, pool_to=args.bands if args.bands != 80 else None)
     else:
-        counts = prepare_folder(args.data_in, out, FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 16000))
+        counts = prepare_folder(args.data_in, out, FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 16000,
+                                                                 hop_ms=args.hop_ms))
     for split, n in counts.items():
         print(f"{out / split}: {n} utterances" if n else f"{split}: skipped (no transcripts)")
     return 0
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--n-val", type=int, default=300, help="fsdd: digit-string validation utterances")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--bands", type=int, default=40, help="mel bands (librispeech-mini: pool 80 -> this)")
+    pr.add_argument("--hop-ms", type=float, default=10.0, help="frame shift (window stays 25 ms)")
     pr.add_argument("--sample-rate", type=int, help="resample audio to this rate (fsdd default 8000, folder 16000)")
     pr.set_defaults(func=las_prepare)
 

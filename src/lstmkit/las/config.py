@@ -15,6 +15,7 @@ class LASDataConfig:
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = field(default=64, metadata={"min": 1})
+    sortagrad_epochs: int = field(default=0, metadata={"min": 0})       # first epochs: shortest utterances first
     augment_noise: float = field(default=0.0, metadata={"min": 0.0})   # std of fresh Gaussian noise on training features
     augment_speed: float = field(default=0.0, metadata={"min": 0.0, "max": 0.5})  # time stretch by 1 +- this, per utterance
     # SpecAugment (Park et al. 2019), training only: masks of up to `width` frames / bands

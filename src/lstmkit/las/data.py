@@ -187,13 +187,18 @@ def collate(items, vocab: CharVocabulary, index: Sequence[int] | None = None) ->
     return SpeechBatch(x, lengths, inputs, targets, idx)
 
 
-def length_buckets(lengths: Sequence[int], batch_size: int, rng: np.random.Generator | None) -> list[list[int]]:
+def length_buckets(lengths: Sequence[int], batch_size: int, rng: np.random.Generator | None,
+                   shortest_first: bool = False) -> list[list[int]]:
     """Batches of similar length (less padding): sort by length within shuffled chunks of 50
-    batches, then shuffle the batch order. ``rng=None`` keeps dataset order (validation)."""
+    batches, then shuffle the batch order. ``rng=None`` keeps dataset order (validation).
+    ``shortest_first``: batches in order of length instead (SortaGrad, Amodei et al. 2016)."""
     idx = np.arange(len(lengths))
     if rng is None:
         return [idx[i: i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
     idx = rng.permutation(idx)
+    if shortest_first:
+        part = sorted(idx.tolist(), key=lambda i: lengths[i])
+        return [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
     chunk = batch_size * 50
     batches = []
     for c in range(0, len(idx), chunk):

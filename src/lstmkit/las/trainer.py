@@ -87,7 +87,8 @@ class LASTrainer:
     def train_epoch(self) -> float:
         cfg = self.config
         self.rng.bit_generator.state = self.epoch_rng_state
-        batches = length_buckets([len(t) for t in self.train_set.targets], cfg.data.batch_size, self.rng)
+        batches = length_buckets([len(t) for t in self.train_set.targets], cfg.data.batch_size, self.rng,
+                                 shortest_first=self.epoch < cfg.data.sortagrad_epochs)
         evals = {int(len(batches) * k / cfg.train.evals_per_epoch) for k in range(1, cfg.train.evals_per_epoch)}
         tf = teacher_forcing_rate(self.epoch, cfg.optim)
         for group in self.opt.param_groups:
