@@ -56,6 +56,40 @@ class Rewind(Exception):
         self.step = step
 
 
+class RewindOnNonFinite:
+    """Mixin for trainers: count skipped (non-finite) steps; after ``train.max_nonfinite`` in a row
+    raise :class:`Rewind`, which the trainer's ``fit`` loop answers with :meth:`rewind`: reload the
+    ``last`` checkpoint and go on with the learning rate x ``train.nonfinite_lr_factor``. After
+    ``train.max_rewinds`` rewinds, give up with an error naming the checkpoint folder.
+
+    Needs ``config.train``, ``run`` (a RunFolder), ``step``, ``nonfinite``, ``rewinds``, ``lr_factor``
+    and ``_restore()`` (load ``last`` into the trainer).
+    """
+
+    def _on_nonfinite(self, res: StepResult) -> None:
+        from .checkpoint import has_checkpoint
+        t = self.config.train
+        self.nonfinite += 1
+        self.run.log_metrics({"type": "nonfinite", "step": self.step, "loss": res.loss, "grad_norm": res.grad_norm})
+        if self.nonfinite < t.max_nonfinite:
+            return
+        if self.rewinds < t.max_rewinds and has_checkpoint(self.run.checkpoint_dir, "last"):
+            raise Rewind(self.step)
+        raise FloatingPointError(
+            f"{self.nonfinite} non-finite losses/gradients in a row at step {self.step} after {self.rewinds} "
+            f"rewinds; lower optim.lr or optim.clip; the last good checkpoint is in {self.run.checkpoint_dir}")
+
+    def rewind(self, at_step: int) -> None:
+        """Reload the last checkpoint and continue with the learning rate x ``nonfinite_lr_factor``."""
+        factor, rewinds = self.lr_factor * self.config.train.nonfinite_lr_factor, self.rewinds + 1
+        self._restore()
+        self.lr_factor, self.rewinds, self.nonfinite = factor, rewinds, 0
+        self.run.log_metrics({"type": "rewind", "at_step": at_step, "to_step": self.step, "lr_factor": factor,
+                              "rewinds": rewinds})
+        print(f"step {at_step}: {self.config.train.max_nonfinite} non-finite steps in a row; back to the checkpoint "
+              f"of step {self.step} with learning rate x {factor:g}", flush=True)
+
+
 class StopFlag:
     """Turns Ctrl-C (SIGINT) into a flag the loop checks between steps, so training ends at a
     step boundary with a checkpoint written. A second Ctrl-C interrupts immediately."""

@@ -20,12 +20,12 @@ import torch
 from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
-from ..core.checkpoint import (has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state,
+from ..core.checkpoint import (load_checkpoint, load_module_weights, module_weights, rng_state,
                                save_checkpoint, set_rng_state)
 from ..core.device import pick_runtime
 from ..core.plots import plot_attention, plot_curves, plot_features
 from ..core.runs import RunFolder
-from ..core.train import Rewind, StopFlag, train_step
+from ..core.train import Rewind, RewindOnNonFinite, StopFlag, train_step
 from ..errors import InputError
 from .config import LASRunConfig, learning_rate, teacher_forcing_rate
 from .data import CharVocabulary, SpeechDataset, Utterance, collate, length_buckets, read_split, speed_perturb
@@ -46,7 +46,7 @@ def load_splits(cfg: LASRunConfig) -> tuple[list[Utterance], list[Utterance]]:
     return read_split(root / d.train_split, cfg.model.n_bands), read_split(root / d.val_split, cfg.model.n_bands)
 
 
-class LASTrainer:
+class LASTrainer(RewindOnNonFinite):
     """Train :class:`LAS` from a :class:`LASRunConfig`; ``fit()`` runs epochs until done or out of time."""
 
     def __init__(self, config: LASRunConfig, run_id: str | None = None, run: RunFolder | None = None,
@@ -135,29 +135,6 @@ class LASTrainer:
             self.batch_in_epoch = 0
             self.epoch_rng_state = self.rng.bit_generator.state
         return total / max(count, 1)
-
-    def _on_nonfinite(self, res) -> None:
-        """Count a skipped step; after ``max_nonfinite`` in a row rewind to the last checkpoint with a
-        lower learning rate (:class:`Rewind`, handled by :meth:`fit`), or give up after ``max_rewinds``."""
-        t = self.config.train
-        self.nonfinite += 1
-        self.run.log_metrics({"type": "nonfinite", "step": self.step, "loss": res.loss, "grad_norm": res.grad_norm})
-        if self.nonfinite < t.max_nonfinite:
-            return
-        if self.rewinds < t.max_rewinds and has_checkpoint(self.run.checkpoint_dir, "last"):
-            raise Rewind(self.step)
-        raise FloatingPointError(f"{self.nonfinite} non-finite losses in a row at step {self.step} after "
-                                 f"{self.rewinds} rewinds; lower optim.lr or optim.clip")
-
-    def rewind(self, at_step: int) -> None:
-        """Reload the last checkpoint and continue with the learning rate x ``nonfinite_lr_factor``."""
-        factor, rewinds = self.lr_factor * self.config.train.nonfinite_lr_factor, self.rewinds + 1
-        self._restore()
-        self.lr_factor, self.rewinds, self.nonfinite = factor, rewinds, 0
-        self.run.log_metrics({"type": "rewind", "at_step": at_step, "to_step": self.step, "lr_factor": factor,
-                              "rewinds": rewinds})
-        print(f"step {at_step}: {self.config.train.max_nonfinite} non-finite steps in a row; back to the checkpoint "
-              f"of step {self.step} with learning rate x {factor:g}", flush=True)
 
     # ------------------------------------------------------------------------------ validation
     @torch.no_grad()

@@ -16,11 +16,11 @@ import torch
 from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
-from ..core.checkpoint import has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
+from ..core.checkpoint import load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
 from ..core.device import Runtime, pick_runtime
 from ..core.plots import plot_curves
 from ..core.runs import RunFolder
-from ..core.train import Rewind, StopFlag, train_step
+from ..core.train import Rewind, RewindOnNonFinite, StopFlag, train_step
 from ..errors import InputError
 from .config import LMConfig
 from .data import BPTTIterator, Corpus, Vocabulary, batchify, load_corpus
@@ -47,7 +47,7 @@ class LanguageModelDataLoader:
         return len(self.iterator)
 
 
-class LanguageModelTrainer:
+class LanguageModelTrainer(RewindOnNonFinite):
     """Train an :class:`AWDLSTM` on ``loader``; ``run_id`` names the run folder (default: unix time)."""
 
     def __init__(self, model: AWDLSTM, loader: LanguageModelDataLoader, max_epochs: int = 1, run_id: str | None = None,
@@ -144,30 +144,6 @@ class LanguageModelTrainer:
 
     def _should_stop(self) -> bool:
         return (self._flag is not None and self._flag.stop) or time.time() > self._deadline
-
-    def _on_nonfinite(self, res) -> None:
-        """Count a skipped step; after ``max_nonfinite`` in a row rewind to the last checkpoint with a
-        lower learning rate (:class:`Rewind`, handled by :meth:`fit`), or give up after ``max_rewinds``."""
-        t = self.config.train
-        self.nonfinite += 1
-        self.run.log_metrics({"type": "nonfinite", "step": self.step, "loss": res.loss, "grad_norm": res.grad_norm})
-        if self.nonfinite < t.max_nonfinite:
-            return
-        if self.rewinds < t.max_rewinds and has_checkpoint(self.run.checkpoint_dir, "last"):
-            raise Rewind(self.step)
-        raise FloatingPointError(
-            f"{self.nonfinite} non-finite losses/gradients in a row at step {self.step} after {self.rewinds} "
-            f"rewinds; lower optim.lr or optim.clip; the last good checkpoint is in {self.run.checkpoint_dir}")
-
-    def rewind(self, at_step: int) -> None:
-        """Reload the last checkpoint and continue with the learning rate x ``nonfinite_lr_factor``."""
-        factor, rewinds = self.lr_factor * self.config.train.nonfinite_lr_factor, self.rewinds + 1
-        self._restore()
-        self.lr_factor, self.rewinds, self.nonfinite = factor, rewinds, 0
-        self.run.log_metrics({"type": "rewind", "at_step": at_step, "to_step": self.step, "lr_factor": factor,
-                              "rewinds": rewinds})
-        print(f"step {at_step}: {self.config.train.max_nonfinite} non-finite steps in a row; back to the checkpoint "
-              f"of step {self.step} with learning rate x {factor:g}", flush=True)
 
     # ----------------------------------------------------------------------------- evaluation
     def validate(self, partial: bool = False) -> float:
