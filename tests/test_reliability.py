@@ -52,24 +52,33 @@ def cli_env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "LSTMKIT_FP32": "1"}
 
 
-@pytest.mark.slow
-def test_lm_kill_9_mid_epoch_then_resume_matches_uninterrupted_run_bit_for_bit(small_corpus, tmp_path):
-    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=2, checkpoint_every=25, log_every=1, threads=1)
+def kill_resume_and_compare(tmp_path, family, cfg, kill_at_step):
+    """Run ``lstmkit FAMILY train`` uninterrupted ("full") and again ("cut") killed with SIGKILL after
+    the checkpoint of ``kill_at_step``, then ``--resume`` "cut" to the end. Asserts both runs log the
+    same steps and bit-identical per-step losses after the checkpoint; returns (full run, cut run,
+    committed step at the kill)."""
     (tmp_path / "c.toml").write_text(dumps_toml(to_dict(cfg)))
-    base = [sys.executable, "-m", "lstmkit", "lm", "train", "--config", str(tmp_path / "c.toml")]
+    base = [sys.executable, "-m", "lstmkit", family, "train", "--config", str(tmp_path / "c.toml")]
     env = cli_env()
     r = subprocess.run(base + ["--run-id", "full"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-    run = tmp_path / "runs" / "cut"
-    at = kill_after_checkpoint(base + ["--run-id", "cut"], run, 100, env)
-    assert 0 < at < len(step_losses(tmp_path / "runs" / "full")) // 2     # killed inside the first epoch
-    r = subprocess.run([sys.executable, "-m", "lstmkit", "lm", "train", "--resume", str(run)],
+    full_run, run = tmp_path / "runs" / "full", tmp_path / "runs" / "cut"
+    at = kill_after_checkpoint(base + ["--run-id", "cut"], run, kill_at_step, env)
+    r = subprocess.run([sys.executable, "-m", "lstmkit", family, "train", "--resume", str(run)],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-    full, cut = step_losses(tmp_path / "runs" / "full"), step_losses(run)
+    full, cut = step_losses(full_run), step_losses(run)
     assert sorted(cut) == sorted(full)
     assert [cut[s] for s in sorted(cut) if s > at] == [full[s] for s in sorted(full) if s > at]   # exact floats
-    a = json.loads((tmp_path / "runs" / "full" / "results.json").read_text())
+    return full_run, run, at
+
+
+@pytest.mark.slow
+def test_lm_kill_9_mid_epoch_then_resume_matches_uninterrupted_run_bit_for_bit(small_corpus, tmp_path):
+    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=2, checkpoint_every=25, log_every=1, threads=1)
+    full_run, run, at = kill_resume_and_compare(tmp_path, "lm", cfg, 100)
+    assert 0 < at < len(step_losses(full_run)) // 2                       # killed inside the first epoch
+    a = json.loads((full_run / "results.json").read_text())
     b = json.loads((run / "results.json").read_text())
     assert a["test_loss"] == b["test_loss"] and a["val_loss"] == b["val_loss"]
 
@@ -81,22 +90,10 @@ def test_las_kill_9_mid_epoch_then_resume_matches_uninterrupted_run_bit_for_bit(
     cfg.data.toy.n_train, cfg.data.toy.n_val = 1600, 16
     cfg.optim.tf_floor, cfg.optim.tf_decay = 0.5, 0.5        # scheduled sampling draws: RNG must resume too
     cfg.model.dropout_p = 0.2
-    (tmp_path / "c.toml").write_text(dumps_toml(to_dict(cfg)))
-    base = [sys.executable, "-m", "lstmkit", "las", "train", "--config", str(tmp_path / "c.toml")]
-    env = cli_env()
-    r = subprocess.run(base + ["--run-id", "full"], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr
-    run = tmp_path / "runs" / "cut"
-    at = kill_after_checkpoint(base + ["--run-id", "cut"], run, 60, env)
+    full_run, run, at = kill_resume_and_compare(tmp_path, "las", cfg, 60)
     steps_per_epoch = 1600 // 32
     assert steps_per_epoch < at < 2 * steps_per_epoch                     # inside the second epoch
-    r = subprocess.run([sys.executable, "-m", "lstmkit", "las", "train", "--resume", str(run)],
-                       capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr
-    full, cut = step_losses(tmp_path / "runs" / "full"), step_losses(run)
-    assert sorted(cut) == sorted(full)
-    assert [cut[s] for s in sorted(cut) if s > at] == [full[s] for s in sorted(full) if s > at]
-    assert records(run, "valid")[-1]["cer"] == records(tmp_path / "runs" / "full", "valid")[-1]["cer"]
+    assert records(run, "valid")[-1]["cer"] == records(full_run, "valid")[-1]["cer"]
 
 
 def poison(trainer, attr, calls):

@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from .checkpoint import has_checkpoint
 from .device import Runtime
 
 
@@ -67,7 +68,6 @@ class RewindOnNonFinite:
     """
 
     def _on_nonfinite(self, res: StepResult) -> None:
-        from .checkpoint import has_checkpoint
         t = self.config.train
         self.nonfinite += 1
         self.run.log_metrics({"type": "nonfinite", "step": self.step, "loss": res.loss, "grad_norm": res.grad_norm})

@@ -9,6 +9,14 @@ import torch
 from .model import LAS, frame_mask
 
 
+def length_caps(lengths: torch.Tensor, max_ratio: float, max_len: int | None, device) -> tuple[torch.Tensor, int]:
+    """Per-utterance output cap (``max_ratio`` x frames, at least 10) and the number of steps to run
+    (the longest cap, not above ``max_len``)."""
+    caps = torch.clamp((max_ratio * lengths.float()).long(), min=10).to(device)
+    longest = int(caps.max())
+    return caps, min(max_len, longest) if max_len else longest
+
+
 @torch.no_grad()
 def greedy_decode(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: int, eos: int,
                   max_len: int | None = None, max_ratio: float = 1.0, listened=None):
@@ -26,9 +34,7 @@ def greedy_decode(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos
     sp = model.speller
     state = sp.init_state(keys, values, mask)
     n = features.size(0)
-    caps = torch.clamp((max_ratio * lengths.float()).long(), min=10).to(features.device)
-    longest = int(caps.max())
-    max_len = min(max_len, longest) if max_len else longest
+    caps, max_len = length_caps(lengths, max_ratio, max_len, features.device)
     prev = torch.full((n,), sos, dtype=torch.long, device=features.device)
     done = torch.zeros(n, dtype=torch.bool, device=features.device)
     ids, atts = [], []
@@ -77,8 +83,7 @@ def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: 
     mask = frame_mask(lens, keys.size(1))
     sp = model.speller
     state = sp.init_state(keys, values, mask)
-    caps = torch.clamp((max_ratio * lengths.float()).long(), min=10).to(dev)
-    longest = int(caps.max()) if max_len is None else min(int(caps.max()), max_len)
+    caps, longest = length_caps(lengths, max_ratio, max_len, dev)
     score = torch.full((n, k), float("-inf"), device=dev)
     score[:, 0] = 0.0                                                        # one live hypothesis to start
     prev = torch.full((n * k,), sos, dtype=torch.long, device=dev)

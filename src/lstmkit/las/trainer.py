@@ -98,11 +98,11 @@ class LASTrainer(RewindOnNonFinite):
         t0 = time.time()
         for i in tqdm(range(self.batch_in_epoch, len(batches)), desc=f"epoch {self.epoch + 1}", leave=False, disable=None):
             x, lens, inp, tgt = self._batch(self.train_set, batches[i])
-            if cfg.data.augment_noise > 0:      # fresh noise every step: the model cannot memorise it
-                x = x + cfg.data.augment_noise * torch.randn_like(x)
-            if cfg.data.augment_speed > 0:
-                x, lens = speed_perturb(x, lens, cfg.data.augment_speed)
             d = cfg.data
+            if d.augment_noise > 0:             # fresh noise every step: the model cannot memorise it
+                x = x + d.augment_noise * torch.randn_like(x)
+            if d.augment_speed > 0:
+                x, lens = speed_perturb(x, lens, d.augment_speed)
             if d.specaug_time_masks or d.specaug_freq_masks:
                 x = spec_augment(x, lens, d.specaug_time_masks, d.specaug_time_width, d.specaug_freq_masks,
                                  d.specaug_freq_width)
