@@ -41,6 +41,7 @@ def lm_train(args) -> int:
 
 
 def lm_eval(args) -> int:
+    import time
     from .core.device import pick_runtime
     from .lm import LMConfig, load_corpus, load_model, stream_loss
     from .lm.evaluate import draw_contexts, fixed_context_nll, perplexity
@@ -49,14 +50,47 @@ def lm_eval(args) -> int:
     cfg = load_toml(LMConfig, f"{args.run}/config.toml")
     corpus = load_corpus(cfg.data, vocab=model.vocab if cfg.data.format != "npy" else None)
     stream = corpus.split(args.split)
-    bs = cfg.data.test_batch_size if args.split == "test" else cfg.data.eval_batch_size
+    bs = args.batch_size or (cfg.data.test_batch_size if args.split == "test" else cfg.data.eval_batch_size)
     rt = pick_runtime(args.device, args.precision)
     model.to(rt.device)
-    loss = stream_loss(model, stream, args.batch_size or bs, cfg.data.bptt, rt)
-    ctx, tgt = draw_contexts(stream, args.n_contexts, 20, seed=args.seed)
-    fc = fixed_context_nll(model.cpu(), ctx, tgt)
-    print(json.dumps({"split": args.split, "loss": loss, "ppl": perplexity(loss), "fixed_context_nll": fc,
-                      "n_contexts": args.n_contexts}))
+    out: dict = {"split": args.split, "batch_size": bs}
+    t0 = time.time()
+    loss = stream_loss(model, stream, bs, cfg.data.bptt, rt)
+    out.update(loss=loss, ppl=perplexity(loss), seconds=round(time.time() - t0, 1))
+    cache = None
+    if args.cache or args.cache_grid:
+        from .lm.cache import NeuralCache, cache_grid, cache_loss
+        theta, lam = args.theta, args.lam
+        if args.cache_grid:
+            t0 = time.time()
+            grid = cache_grid(model, corpus.valid, [float(v) for v in args.grid_thetas.split(",")],
+                              [float(v) for v in args.grid_lambdas.split(",")], args.window, bs, cfg.data.bptt, rt)
+            best = min(grid, key=lambda r: r["loss"])
+            theta, lam = best["theta"], best["lambda"]
+            out["cache_grid_valid"] = {"best": best, "seconds": round(time.time() - t0, 1), "n": len(grid)}
+        t0 = time.time()
+        c = cache_loss(model, stream, args.window, theta, lam, bs, cfg.data.bptt, rt)
+        out["cache"] = {"window": args.window, "theta": theta, "lambda": lam, "loss": c, "ppl": perplexity(c),
+                        "seconds": round(time.time() - t0, 1)}
+        cache = NeuralCache(args.window, theta, lam)
+    if args.dynamic_eval:
+        from .lm.dynamic_eval import DynamicEvalConfig, dynamic_eval_loss, gradient_rms
+        de = DynamicEvalConfig(method=args.de_method, lr=args.de_lr, decay=args.de_decay, bptt=args.de_bptt,
+                               batch_size=args.de_batch_size)
+        de.check()
+        t0 = time.time()
+        rms = gradient_rms(model, corpus.train, de.grad_batches, de.grad_bptt, cfg.data.batch_size, rt) \
+            if de.method == "rms" else None
+        d = dynamic_eval_loss(model, stream, de, rms, rt)
+        out["dynamic_eval"] = {**vars(de), "loss": d, "ppl": perplexity(d), "seconds": round(time.time() - t0, 1)}
+        if cache is not None:
+            t0 = time.time()
+            both = dynamic_eval_loss(model, stream, de, rms, rt, cache=NeuralCache(args.window, cache.theta, cache.lam))
+            out["dynamic_eval_cache"] = {"loss": both, "ppl": perplexity(both), "seconds": round(time.time() - t0, 1)}
+    if args.n_contexts:
+        ctx, tgt = draw_contexts(stream, args.n_contexts, 20, seed=args.seed)
+        out.update(fixed_context_nll=fixed_context_nll(model.cpu(), ctx, tgt), n_contexts=args.n_contexts)
+    print(json.dumps(out))
     return 0
 
 
@@ -64,7 +98,7 @@ def lm_generate(args) -> int:
     import numpy as np
     from .lm import TestLanguageModel, load_model
     model = load_model(args.run, args.checkpoint)
-    words = args.prompt.split()
+    words = model.vocab.tokenize(args.prompt)
     if not words:
         raise InputError("--prompt", "empty prompt", "at least one word")
     unknown = [w for w in words if w not in model.vocab]
@@ -75,7 +109,7 @@ def lm_generate(args) -> int:
     ids = np.asarray([model.vocab.encode(words)], dtype=np.int64)
     out = TestLanguageModel.generation(ids, args.max_new_tokens, model, temperature=args.temperature,
                                        top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    print(" ".join(model.vocab.decode(out[0])))
+    print(model.vocab.join(model.vocab.decode(out[0])))
     return 0
 
 
@@ -135,13 +169,19 @@ def las_decode(args) -> int:
     if args.window is not None:
         model.speller.window = args.window
     ds = SpeechDataset.from_folder(args.data, vocab, model.config.n_bands)
+    fusion = None
+    if args.lm:
+        from .las.fusion import CharLMFusion
+        from .lm import load_model
+        fusion = CharLMFusion(load_model(args.lm), vocab)
     refs, hyps = [], []
     for i in range(0, len(ds), args.batch_size):
         idx = list(range(i, min(i + args.batch_size, len(ds))))
         b = collate([ds[j] for j in idx], vocab, idx)
-        if args.beam > 1:
+        if args.beam > 1 or fusion is not None:
             seqs = beam_search(model, b.features, b.lengths, vocab.sos, vocab.eos, beam=args.beam,
-                               length_norm=args.length_norm)
+                               length_norm=args.length_norm, lm_step=fusion, lm_weight=args.lm_weight,
+                               length_bonus=args.length_bonus)
             hyps += [vocab.decode(s) for s in seqs]
         else:
             ids, _ = greedy_decode(model, b.features, b.lengths, vocab.sos, vocab.eos)
@@ -196,6 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"))
+    e.add_argument("--cache", action="store_true", help="add the neural cache (Grave et al. 2016)")
+    e.add_argument("--window", type=int, default=3785, help="cache window (tokens)")
+    e.add_argument("--theta", type=float, default=0.6625, help="cache flatness: softmax(theta * h_t . h_i)")
+    e.add_argument("--lambda", dest="lam", type=float, default=0.1279, help="cache weight in the mixture")
+    e.add_argument("--cache-grid", action="store_true", help="pick theta and lambda on the valid split first")
+    e.add_argument("--grid-thetas", default="0.1,0.2,0.3,0.5,0.7,1.0")
+    e.add_argument("--grid-lambdas", default="0.05,0.1,0.15,0.2,0.25,0.3")
+    e.add_argument("--dynamic-eval", action="store_true", help="adapt the weights on the stream (Krause et al. 2017)")
+    e.add_argument("--de-method", default="rms", choices=("rms", "sgd"))
+    e.add_argument("--de-lr", type=float, default=2e-5)
+    e.add_argument("--de-decay", type=float, default=0.02)
+    e.add_argument("--de-bptt", type=int, default=5, help="segment length: one update per segment")
+    e.add_argument("--de-batch-size", type=int, default=1)
     e.set_defaults(func=lm_eval)
 
     g = lm.add_parser("generate", help="continue a prompt")
@@ -238,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--length-norm", type=float, default=1.0, help="finished score / length ** this (beam > 1)")
     d.add_argument("--window", type=int, help="attend only within [peak-1, peak+W] frames of the previous "
                                               "step's peak (0 = off; default: the model's decode_window)")
+    d.add_argument("--lm", help="shallow fusion with this character-level LM run folder (lstmkit lm train, data.unit = \"char\")")
+    d.add_argument("--lm-weight", type=float, default=0.3, help="lambda: score = log p_LAS + lambda * log p_LM")
+    d.add_argument("--length-bonus", type=float, default=0.0, help="added to the score per emitted character")
     d.set_defaults(func=las_decode)
 
     pr = las.add_parser("prepare", help="wav corpus / FSDD / LibriSpeech-mini -> LAS data folders (feats + transcripts)")

@@ -18,6 +18,8 @@ class DataConfig:
     valid_path: str | None = None       # text format only
     test_path: str | None = None        # text format only
     max_vocab: int | None = field(default=None, metadata={"min": 3})  # text format: cap, rest <unk>
+    unit: str = field(default="word", metadata={"choices": ("word", "char")})  # tokens: words or characters
+    lowercase: bool = False             # lower-case the text before tokenizing
     batch_size: int = field(default=80, metadata=POS)
     eval_batch_size: int = field(default=10, metadata=POS)
     test_batch_size: int = field(default=1, metadata=POS)

@@ -7,6 +7,11 @@ Readers turn a corpus into one long stream of ids with an end-of-line token afte
     text       any UTF-8 text files: train/valid/test paths; whitespace tokens, optional size cap
     npy        a folder with vocab.npy (array of words) and {train,valid,test}.npy
                (object array of per-article int arrays, ids into vocab.npy)
+
+``unit = "char"`` (wikitext and text formats) reads the same files as characters: every character of
+a line is a token, runs of whitespace become one space ``" "``, and ``<eos>`` still ends each line.
+This is the character-level language model the speech recognizer fuses with (``lowercase = true``
+matches its lower-case transcripts).
 """
 from __future__ import annotations
 
@@ -40,8 +45,9 @@ class Vocabulary:
         ([2, 1], ['cat', '<eos>'])
     """
 
-    def __init__(self, words: Sequence[str], unk: str | None = UNK, eos: str = EOS):
+    def __init__(self, words: Sequence[str], unk: str | None = UNK, eos: str = EOS, unit: str = "word"):
         self.itos = list(words)
+        self.unit = unit
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             dup = next(w for w, c in Counter(self.itos).items() if c > 1)
@@ -69,12 +75,20 @@ class Vocabulary:
     def decode(self, ids: Sequence[int]) -> list[str]:
         return [self.itos[int(i)] for i in ids]
 
+    def tokenize(self, text: str) -> list[str]:
+        """Text -> tokens of this vocabulary's unit (words, or characters with single spaces)."""
+        return list(" ".join(text.split())) if self.unit == "char" else text.split()
+
+    def join(self, tokens: Sequence[str]) -> str:
+        """Tokens -> display text: words joined by spaces, characters as they are."""
+        return "".join(tokens) if self.unit == "char" else " ".join(tokens)
+
     def save(self, path: str | Path) -> None:
         from ..core.checkpoint import atomic_write_text
         atomic_write_text(Path(path), "\n".join(self.itos) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path, eos: str = EOS) -> "Vocabulary":
+    def load(cls, path: str | Path, eos: str = EOS, unit: str = "word") -> "Vocabulary":
         path = Path(path)
         if not path.is_file():
             raise InputError(str(path), "vocabulary file not found", "one word per line")
@@ -84,7 +98,8 @@ class Vocabulary:
         return cls(words, eos=eos)
 
     @classmethod
-    def build(cls, lines: Sequence[Sequence[str]], max_size: int | None = None, eos: str = EOS) -> "Vocabulary":
+    def build(cls, lines: Sequence[Sequence[str]], max_size: int | None = None, eos: str = EOS,
+              unit: str = "word") -> "Vocabulary":
         """Vocabulary from tokenized training lines: ``eos``, ``<unk>``, then words by frequency."""
         counts = Counter(w for line in lines for w in line)
         counts.pop(eos, None)
@@ -92,12 +107,14 @@ class Vocabulary:
         words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
         if max_size is not None:
             words = words[: max(0, max_size - 2)]
-        return cls([eos, UNK] + words, eos=eos)
+        return cls([eos, UNK] + words, eos=eos, unit=unit)
 
 
-def read_lines(path: str | Path) -> list[list[str]]:
-    """Whitespace-tokenized lines of a UTF-8 text file. Blank lines are kept (each becomes a lone
-    end-of-line token, as in the standard WikiText protocol: 2,088,628 training tokens)."""
+def read_lines(path: str | Path, unit: str = "word", lowercase: bool = False) -> list[list[str]]:
+    """Tokenized lines of a UTF-8 text file: whitespace-separated words, or (``unit="char"``) the
+    characters of each line with whitespace runs collapsed to one space. Blank lines are kept (each
+    becomes a lone end-of-line token, as in the standard WikiText protocol: 2,088,628 training
+    words)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), "corpus file not found", "an existing UTF-8 text file")
@@ -108,7 +125,14 @@ def read_lines(path: str | Path) -> list[list[str]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(str(path), f"not valid UTF-8 (byte {e.start})", "a UTF-8 text file") from None
-    lines = [ln.split() for ln in text.splitlines()]
+    if lowercase:
+        text = text.lower()
+    if unit == "char":
+        lines = [list(" ".join(ln.split())) for ln in text.splitlines()]
+    elif unit == "word":
+        lines = [ln.split() for ln in text.splitlines()]
+    else:
+        raise InputError("data.unit", f"found {unit!r}", "'word' or 'char'")
     if not any(lines):
         raise InputError(str(path), "the file is empty (no tokens)", "at least one word")
     return lines
@@ -147,7 +171,8 @@ def verify_sha256(path: Path, expected: str) -> None:
                          f"sha256 {expected[:12]}... (re-clone or re-copy the data)")
 
 
-def load_wikitext(folder: str | Path, verify: bool = True, vocab: Vocabulary | None = None) -> Corpus:
+def load_wikitext(folder: str | Path, verify: bool = True, vocab: Vocabulary | None = None, unit: str = "word",
+                  lowercase: bool = False) -> Corpus:
     """WikiText ``wiki.{train,valid,test}.tokens``; vocabulary from train only (the paper's 33,278
     words with ``<eos>`` for WikiText-2). Checksums are verified for the WikiText-2 files."""
     folder = Path(folder)
@@ -156,18 +181,18 @@ def load_wikitext(folder: str | Path, verify: bool = True, vocab: Vocabulary | N
         p = folder / f"wiki.{s}.tokens"
         if verify and p.name in WIKITEXT2_SHA256 and p.is_file() and p.stat().st_size > 1_000_000:
             verify_sha256(p, WIKITEXT2_SHA256[p.name])
-        lines[s] = read_lines(p)
-    vocab = vocab or Vocabulary.build(lines["train"])
+        lines[s] = read_lines(p, unit, lowercase)
+    vocab = vocab or Vocabulary.build(lines["train"], unit=unit)
     streams = {s: encode_lines(lines[s], vocab, str(folder / f"wiki.{s}.tokens")) for s in SPLITS}
     return Corpus(vocab, **streams, source=str(folder))
 
 
 def load_text(train: str | Path, valid: str | Path, test: str | Path, max_vocab: int | None = None,
-              vocab: Vocabulary | None = None) -> Corpus:
-    """Any plain UTF-8 corpus: vocabulary from ``train`` (top ``max_vocab`` words, rest ``<unk>``)."""
+              vocab: Vocabulary | None = None, unit: str = "word", lowercase: bool = False) -> Corpus:
+    """Any plain UTF-8 corpus: vocabulary from ``train`` (top ``max_vocab`` tokens, rest ``<unk>``)."""
     paths = dict(zip(SPLITS, (Path(train), Path(valid), Path(test))))
-    lines = {s: read_lines(p) for s, p in paths.items()}
-    vocab = vocab or Vocabulary.build(lines["train"], max_size=max_vocab)
+    lines = {s: read_lines(p, unit, lowercase) for s, p in paths.items()}
+    vocab = vocab or Vocabulary.build(lines["train"], max_size=max_vocab, unit=unit)
     return Corpus(vocab, **{s: encode_lines(lines[s], vocab, str(paths[s])) for s in SPLITS}, source=str(paths["train"]))
 
 
@@ -279,7 +304,7 @@ def load_corpus(cfg, vocab: Vocabulary | None = None) -> Corpus:
     exist from the working directory are looked up in the project checkout (vendored data)."""
     path = resolve_data_path(cfg.path)
     if cfg.format == "wikitext":
-        return load_wikitext(path, vocab=vocab)
+        return load_wikitext(path, vocab=vocab, unit=cfg.unit, lowercase=cfg.lowercase)
     if cfg.format == "npy":
         return load_npy(path)
     if path.is_dir():
@@ -288,7 +313,7 @@ def load_corpus(cfg, vocab: Vocabulary | None = None) -> Corpus:
         train = path
         valid = Path(cfg.valid_path) if cfg.valid_path else path.with_name("valid.txt")
         test = Path(cfg.test_path) if cfg.test_path else path.with_name("test.txt")
-    return load_text(train, valid, test, max_vocab=cfg.max_vocab, vocab=vocab)
+    return load_text(train, valid, test, max_vocab=cfg.max_vocab, vocab=vocab, unit=cfg.unit, lowercase=cfg.lowercase)
 
 
 def resolve_data_path(p: str | Path) -> Path:

@@ -21,7 +21,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..nn import LockedDropout, WeightDrop, embedding_dropout
-from ..nn.adaptive import adaptive_nll
+from ..nn.adaptive import adaptive_nll, adaptive_target_logprob
 from ..nn.linear_cross_entropy import linear_cross_entropy
 
 P = {"min": 0.0, "max": 1.0, "max_open": True}  # range of every *_p field
@@ -142,6 +142,15 @@ class AWDLSTM(nn.Module):
             return linear_cross_entropy(h.reshape(-1, h.size(-1)), self.decoder.weight, self.decoder.bias,
                                         targets.reshape(-1), self.config.loss_chunk)
         return cross_entropy_chunked(self, h, targets, chunk=h.numel() if self.training else 4096)
+
+    def target_logprob(self, h: torch.Tensor, targets: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Per-token ``log p(target)`` (fp32), same shape as ``targets``: h (N, T, E), targets (N, T)."""
+        flat, t = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+        if self.config.softmax == "adaptive":
+            return adaptive_target_logprob(self.adaptive, flat, t).view(targets.shape)
+        out = [F.log_softmax(self.decoder(flat[i: i + chunk]).float(), -1).gather(1, t[i: i + chunk, None]).squeeze(1)
+               for i in range(0, t.numel(), chunk)]
+        return torch.cat(out).view(targets.shape)
 
     def forward(self, tokens: torch.Tensor, hidden=None) -> LMOutput:
         dropped, raw, hidden = self.features(tokens, hidden)

@@ -174,7 +174,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
                 name = f"predictions-{e}.npy" if not suffix else f"predictions-test-{e}.npy"
                 np.save(self.run.file(name), scores)
                 gen = TestLanguageModel.generation(ctx[:8], self.config.train.generate_len, self.model)
-                lines = [" ".join(self.vocab.decode(c)) + " | " + " ".join(self.vocab.decode(g)) for c, g in zip(ctx, gen)]
+                lines = [self.vocab.join(self.vocab.decode(c)) + " | " + self.vocab.join(self.vocab.decode(g)) for c, g in zip(ctx, gen)]
                 self.run.write_text(f"generated-{e}{suffix}.txt", "\n".join(lines) + "\n")
                 nll = nll_of_scores(scores, tgt)
                 if not suffix:
@@ -230,7 +230,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
         """Continue the run in ``run_dir`` from its ``last`` checkpoint (same folder, same metrics)."""
         run = RunFolder.open(run_dir)
         config = load_toml(LMConfig, run.path / "config.toml", overrides)
-        vocab = Vocabulary.load(run.path / "vocab.txt")
+        vocab = Vocabulary.load(run.path / "vocab.txt", unit=config.data.unit)
         corpus = load_corpus(config.data, vocab=vocab if config.data.format != "npy" else None)
         model = AWDLSTM(config.model)
         d = config.data
@@ -276,7 +276,7 @@ def load_model(run_dir: str | Path, which: str = "best") -> AWDLSTM:
     model = AWDLSTM(config.model)
     weights, _, _ = load_checkpoint(run.checkpoint_dir, which)
     load_module_weights(model, weights, str(run.checkpoint_dir / f"{which}.json"))
-    model.vocab = Vocabulary.load(run.path / "vocab.txt")
+    model.vocab = Vocabulary.load(run.path / "vocab.txt", unit=config.data.unit)
     if len(model.vocab) != config.model.vocab_size:
         raise InputError(str(run.path / "vocab.txt"), f"{len(model.vocab)} words",
                          f"{config.model.vocab_size} words as in config.toml/checkpoint")

@@ -18,6 +18,11 @@ def adaptive_nll(asm: nn.AdaptiveLogSoftmaxWithLoss, h: torch.Tensor, targets: t
         >>> bool(torch.allclose(adaptive_nll(asm, h, t), asm(h, t).loss))
         True
     """
+    return -adaptive_target_logprob(asm, h, targets).sum() / max(1, targets.numel())
+
+
+def adaptive_target_logprob(asm: nn.AdaptiveLogSoftmaxWithLoss, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token ``log p(target)`` (M,) fp32 under ``asm``; see :func:`adaptive_nll`."""
     if targets.dim() != 1 or targets.numel() != h.size(0):
         raise ValueError(f"targets: expected shape ({h.size(0)},), got {tuple(targets.shape)}")
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= asm.n_classes):
@@ -25,7 +30,7 @@ def adaptive_nll(asm: nn.AdaptiveLogSoftmaxWithLoss, h: torch.Tensor, targets: t
                          f"found [{int(targets.min())}, {int(targets.max())}]")
     head_logp = F.log_softmax(asm.head(h).float(), dim=1)                  # (M, shortlist + clusters)
     column = targets.clone()
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    out = torch.zeros(targets.numel(), dtype=torch.float32, device=h.device)
     bounds = [0] + asm.cutoffs                                             # asm.cutoffs ends with n_classes
     for i in range(1, len(bounds) - 1):                                    # tail cluster i: [bounds[i], bounds[i+1])
         low, high = bounds[i], bounds[i + 1]
@@ -34,6 +39,5 @@ def adaptive_nll(asm: nn.AdaptiveLogSoftmaxWithLoss, h: torch.Tensor, targets: t
             continue
         column[rows] = asm.shortlist_size + i - 1
         cluster_logp = F.log_softmax(asm.tail[i - 1](h.index_select(0, rows)).float(), dim=1)
-        total = total - cluster_logp.gather(1, (targets[rows] - low)[:, None]).sum()
-    total = total - head_logp.gather(1, column[:, None]).sum()
-    return total / max(1, targets.numel())
+        out = out.index_add(0, rows, cluster_logp.gather(1, (targets[rows] - low)[:, None]).squeeze(1))
+    return out + head_logp.gather(1, column[:, None]).squeeze(1)

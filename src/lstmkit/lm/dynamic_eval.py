@@ -1,0 +1,129 @@
+"""Dynamic evaluation (Krause et al. 2017, arXiv 1709.07432): adapt the weights to the test stream
+as it is read, so recent text (a Wikipedia article's topic, names, style) raises the probability of
+what follows.
+
+The stream is read in segments of ``bptt`` tokens (batch-first rows, hidden state carried). Each
+segment is **scored first** with the current weights - that loss is what is reported, so every token
+is still predicted from the past only - and then used for one gradient step:
+
+* ``"sgd"``: ``w <- w - lr * g + decay * (w0 - w)``
+* ``"rms"`` (the paper's RMS-normalized variant): ``w <- w - lr * g / (rms + eps) + decay * r * (w0 - w)``
+  where ``rms`` is the root mean square gradient of each weight measured on training data before the
+  test stream is read, and ``r = (1 / rms) / mean(1 / rms)`` (capped at ``1 / decay``): weights
+  whose gradients are usually small move less and are pulled back harder.
+
+``w0`` are the trained weights; the decay keeps the adapted model close to them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..core.device import Runtime
+from ..errors import InputError
+from .data import batchify
+from .model import AWDLSTM, detach_hidden
+
+
+@dataclass
+class DynamicEvalConfig:
+    method: str = field(default="rms", metadata={"choices": ("rms", "sgd")})
+    lr: float = 2e-5            # rms: step on g / rms; sgd: step on g
+    decay: float = 0.02         # pull toward the trained weights per segment (lambda in the paper)
+    eps: float = 1e-3           # rms only
+    bptt: int = 5               # segment length: one update per segment (the paper uses 5 on WT2)
+    batch_size: int = 1         # rows of the stream, each adapted on jointly
+    grad_batches: int = 100     # rms only: training windows used to measure the gradient scale
+    grad_bptt: int = 70
+
+    def check(self) -> None:
+        if self.method not in ("rms", "sgd"):
+            raise InputError("dynamic_eval.method", f"found {self.method!r}", "'rms' or 'sgd'")
+        for name in ("lr", "decay", "eps"):
+            if getattr(self, name) < 0:
+                raise InputError(f"dynamic_eval.{name}", f"found {getattr(self, name)}", "a value >= 0")
+        for name in ("bptt", "batch_size", "grad_batches", "grad_bptt"):
+            if getattr(self, name) < 1:
+                raise InputError(f"dynamic_eval.{name}", f"found {getattr(self, name)}", "an integer >= 1")
+
+
+def gradient_rms(model: AWDLSTM, train: np.ndarray, n_batches: int = 100, bptt: int = 70, batch_size: int = 80,
+                 runtime: Runtime | None = None) -> list[torch.Tensor]:
+    """Root mean square gradient of every parameter over ``n_batches`` training windows (eval mode,
+    no dropout, hidden state carried) - the normalizer of the RMS variant."""
+    was = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    ms = [torch.zeros_like(p) for p in params]
+    rows = batchify(train, batch_size).to(params[0].device)
+    hidden, seen = None, 0
+    for i in range(0, rows.size(1) - 1, bptt):
+        if seen == n_batches:
+            break
+        y = rows[:, i + 1: i + 1 + bptt]
+        x = rows[:, i: i + y.size(1)]
+        with runtime.autocast() if runtime else torch.autocast("cpu", enabled=False):
+            h, _, hidden = model.features(x, hidden)
+            loss = model.loss(h, y)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for m, g in zip(ms, grads):
+            if g is not None:
+                m.add_(g.float().pow(2))
+        hidden = detach_hidden(hidden)
+        seen += 1
+    model.train(was)
+    return [(m / max(seen, 1)).sqrt() for m in ms]
+
+
+def dynamic_eval_loss(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConfig | None = None,
+                      rms: list[torch.Tensor] | None = None, runtime: Runtime | None = None, cache=None) -> float:
+    """Mean NLL per token (nats) of ``stream`` under dynamic evaluation; perplexity = exp(result).
+    The model's weights are restored afterwards. ``rms`` (from :func:`gradient_rms`) is required for
+    the rms method. ``cache`` (a :class:`lstmkit.lm.cache.NeuralCache`) mixes the pointer into the
+    reported score (the update still follows the model's own loss)."""
+    cfg = cfg or DynamicEvalConfig()
+    cfg.check()
+    if cfg.method == "rms" and rms is None:
+        raise InputError("dynamic_eval", "method 'rms' without gradient statistics",
+                         "rms=gradient_rms(model, train_stream) (or method 'sgd')")
+    was = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    w0 = [p.detach().clone() for p in params]
+    if cfg.method == "rms":
+        inv = [1.0 / (r + cfg.eps) for r in rms]
+        mean_inv = torch.cat([1.0 / (r.flatten() + cfg.eps) for r in rms]).mean()
+        rate = [torch.clamp(cfg.decay * (1.0 / (r + cfg.eps)) / mean_inv, max=1.0) for r in rms]
+    rows = batchify(stream, cfg.batch_size).to(params[0].device)
+    hidden, total, count = None, 0.0, 0
+    try:
+        for i in range(0, rows.size(1) - 1, cfg.bptt):
+            y = rows[:, i + 1: i + 1 + cfg.bptt]
+            x = rows[:, i: i + y.size(1)]
+            with runtime.autocast() if runtime else torch.autocast("cpu", enabled=False):
+                h, _, hidden = model.features(x, hidden)
+                logp = model.target_logprob(h, y)
+            loss = -logp.mean()
+            scored = logp.detach() if cache is None else cache(h.detach().float(), y, logp.detach())
+            total -= float(scored.sum())          # scored before the update: a fair next-token loss
+            count += y.numel()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            with torch.no_grad():
+                for j, (p, g) in enumerate(zip(params, grads)):
+                    if g is None:
+                        continue
+                    if cfg.method == "rms":
+                        p.add_(g.float() * inv[j], alpha=-cfg.lr)
+                        p.add_(rate[j] * (w0[j] - p))
+                    else:
+                        p.add_(g.float(), alpha=-cfg.lr)
+                        p.add_(w0[j] - p, alpha=cfg.decay)
+            hidden = detach_hidden(hidden)
+    finally:
+        with torch.no_grad():
+            for p, w in zip(params, w0):
+                p.copy_(w)
+        model.train(was)
+    return total / max(count, 1)

@@ -1,0 +1,91 @@
+"""Test-time methods of the language model: neural cache and dynamic evaluation."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lstmkit.errors import InputError
+from lstmkit.lm.cache import NeuralCache, cache_grid, cache_loss, stream_states
+from lstmkit.lm.dynamic_eval import DynamicEvalConfig, dynamic_eval_loss, gradient_rms
+from lstmkit.lm.evaluate import stream_loss
+from lstmkit.lm.model import AWDLSTM, AWDLSTMConfig
+
+
+def naive_cache_logprob(h, y, logp_model, window, theta, lam):
+    """Token-by-token reference: h (L, H), y (L,), logp_model (L,) for one row."""
+    out = []
+    for t in range(len(y)):
+        keys = list(range(max(0, t - window), t))
+        if not keys:
+            out.append(float(logp_model[t]))
+            continue
+        s = np.array([theta * float(h[t] @ h[i]) for i in keys])
+        w = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+        pc = sum(wi for wi, i in zip(w, keys) if y[i] == y[t])
+        out.append(math.log((1 - lam) * math.exp(float(logp_model[t])) + lam * pc))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("window", [1, 4, 30])
+def test_vectorized_cache_equals_the_token_loop(window):
+    g = torch.Generator().manual_seed(0)
+    n, length, hdim = 2, 23, 5
+    h = torch.randn(n, length, hdim, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (n, length), generator=g)
+    logp = torch.log_softmax(torch.randn(n, length, 4, generator=g, dtype=torch.float64), -1).gather(-1, y[..., None])[..., 0]
+    cache = NeuralCache(window, theta=0.7, lam=0.3)
+    got = torch.cat([cache(h[:, i: i + 6], y[:, i: i + 6], logp[:, i: i + 6]) for i in range(0, length, 6)], 1)
+    for r in range(n):
+        want = naive_cache_logprob(h[r].numpy(), y[r].numpy(), logp[r].numpy(), window, 0.7, 0.3)
+        np.testing.assert_allclose(got[r].numpy(), want, rtol=1e-9, atol=1e-12)
+
+
+def tiny_lm(v=30, seed=0):
+    torch.manual_seed(seed)
+    return AWDLSTM(AWDLSTMConfig(vocab_size=v, emb_size=8, hidden_size=16, num_layers=2)).eval()
+
+
+def repetitive_stream(n=600, v=30, seed=0):
+    rng = np.random.default_rng(seed)
+    phrase = rng.integers(0, v, size=12)
+    return np.concatenate([phrase if rng.random() < 0.5 else rng.integers(0, v, size=12) for _ in range(n // 12)])
+
+
+def test_cache_without_weight_is_the_model_and_helps_on_repeated_text():
+    m, s = tiny_lm(), repetitive_stream()
+    base = stream_loss(m, s, batch_size=1, bptt=20)
+    assert cache_loss(m, s, window=100, theta=0.5, lam=0.0, bptt=20) == pytest.approx(base, rel=1e-6)
+    # target_logprob agrees with the model's loss
+    total = -sum(float(lp.sum()) for _, _, lp in stream_states(m, s, 1, 20)) / (len(s) - 1)
+    assert total == pytest.approx(base, rel=1e-5)
+    grid = cache_grid(m, s, [0.0, 0.5], [0.0, 0.5], window=100, bptt=20)
+    assert len(grid) == 4
+    for r in grid:
+        assert r["loss"] == pytest.approx(cache_loss(m, s, 100, r["theta"], r["lambda"], bptt=20), rel=1e-6)
+    assert min(r["loss"] for r in grid if r["lambda"] > 0) < base - 0.05     # the phrase repeats: the cache helps
+
+
+def test_bad_cache_settings():
+    with pytest.raises(InputError, match="lambda"):
+        NeuralCache(100, 0.5, 1.5)
+
+
+def test_dynamic_eval_scores_before_updating_and_restores_weights():
+    m, s = tiny_lm(), repetitive_stream()
+    before = [p.detach().clone() for p in m.parameters()]
+    base = stream_loss(m, s, batch_size=1, bptt=5)
+    frozen = dynamic_eval_loss(m, s, DynamicEvalConfig(method="sgd", lr=0.0, decay=0.0, bptt=5))
+    assert frozen == pytest.approx(base, rel=1e-5)                                  # lr 0: plain evaluation
+    adapted = dynamic_eval_loss(m, s, DynamicEvalConfig(method="sgd", lr=0.5, decay=0.0, bptt=5))
+    assert adapted < base - 0.1                                                     # learns the repeated phrase
+    rms = gradient_rms(m, repetitive_stream(seed=1), n_batches=5, bptt=20, batch_size=2)
+    r = dynamic_eval_loss(m, s, DynamicEvalConfig(method="rms", lr=2e-3, decay=0.01, bptt=5), rms)
+    assert r < base
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    # the first segment is scored with the trained weights: same loss as the frozen model on it
+    head = s[:6]
+    assert dynamic_eval_loss(m, head, DynamicEvalConfig(method="sgd", lr=10.0, bptt=5)) == \
+        pytest.approx(stream_loss(m, head, 1, 5), rel=1e-5)
+    with pytest.raises(InputError, match="gradient statistics"):
+        dynamic_eval_loss(m, s, DynamicEvalConfig(method="rms"))
