@@ -25,7 +25,8 @@ def test_char_corpus_tokens_vocabulary_roundtrip(tmp_path):
     assert v.decode(c.train[8:19]) == list("three four") + ["<eos>"]            # whitespace run -> one space
     assert v.join(v.decode(c.test[:-1])) == "four"                             # lowercase
     v.save(tmp_path / "vocab.txt")
-    assert Vocabulary.load(tmp_path / "vocab.txt", unit="char").itos == v.itos  # " " survives the file
+    back = Vocabulary.load(tmp_path / "vocab.txt", unit="char")
+    assert back.itos == v.itos and back.unit == "char"                        # " " survives the file
     assert v.tokenize("on  e") == ["o", "n", " ", "e"]
 
 

@@ -101,3 +101,28 @@ def test_adaptive_softmax_option_is_a_normalized_distribution():
     y = torch.randint(0, 300, (2, 5))
     ref = -torch.log_softmax(m.decode(d), -1).gather(-1, y.unsqueeze(-1)).mean()
     torch.testing.assert_close(m.loss(d, y), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_mixture_of_softmaxes_is_a_distribution_and_its_loss_matches_its_log_probs():
+    from lstmkit.lm.model import AWDLSTM, AWDLSTMConfig
+    torch.manual_seed(0)
+    m = AWDLSTM(AWDLSTMConfig(vocab_size=40, emb_size=8, hidden_size=16, num_layers=2, softmax="mos", mos_experts=3))
+    assert m.decoder.weight is m.encoder.weight                          # tied through the shared decoder
+    x, y = torch.randint(0, 40, (3, 7)), torch.randint(0, 40, (3, 7))
+    m.eval()
+    with torch.no_grad():
+        out = m(x)
+        loss = float(m.loss(out.dropped, y))
+    assert torch.allclose(out.logits.exp().sum(-1), torch.ones(3, 7), atol=1e-5)
+    want = -out.logits.log_softmax(-1).gather(-1, y[..., None]).mean()
+    assert loss == pytest.approx(float(want), rel=1e-5)
+    m.train()                                                            # chunked + checkpointed backward
+    torch.manual_seed(1)
+    h = torch.randn(10, 16, requires_grad=True)
+    t = torch.randint(0, 40, (10,))
+    m.mos.dropout = 0.0
+    a = m.mos.target_logprob(h, t, chunk=3).sum()
+    ga, = torch.autograd.grad(a, h)
+    b = m.mos.log_prob(h).gather(1, t[:, None]).sum()
+    gb, = torch.autograd.grad(b, h)
+    assert torch.allclose(ga, gb, atol=1e-6) and float(a) == pytest.approx(float(b), rel=1e-6)

@@ -81,3 +81,37 @@ def test_cli_train_eval_generate(small_corpus, tmp_path):
     assert r.returncode == 2 and "model.dropout_p" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(cli + ["lm", "eval", str(small_corpus)], capture_output=True, text=True)
     assert r.returncode == 2 and "not a run folder" in r.stderr
+
+
+@pytest.mark.slow
+def test_finetune_starts_from_best_weights_and_averages_from_the_first_step(small_corpus, tmp_path):
+    base = LanguageModelTrainer.from_config(tiny_config(small_corpus, tmp_path / "runs", epochs=1), run_id="r")
+    res = base.fit()
+    ft = LanguageModelTrainer.finetune(tmp_path / "runs" / "r", overrides={"train": {"epochs": 2}})
+    assert ft.run.path == tmp_path / "runs" / "r-finetune" and ft.opt.averaging
+    out = ft.fit()
+    recs = [json.loads(x) for x in (ft.run.path / "metrics.jsonl").read_text().splitlines()]
+    assert recs[0]["type"] == "finetune" and recs[0]["from_val_loss"] == pytest.approx(res["val_loss"], rel=1e-6)
+    assert all(r["averaging"] for r in recs if r["type"] == "valid")
+    assert out["val_loss"] < res["val_loss"] + 0.05          # continues from the trained model, not from scratch
+    assert (ft.run.path / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_char_level_model_trains_and_generates_characters(tmp_path):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for name, n in (("train", 400), ("valid", 40), ("test", 40)):
+        (corpus / f"{name}.txt").write_text("\n".join(["one two three", "four five"] * (n // 2)) + "\n")
+    cfg = tiny_config(corpus, tmp_path / "runs", epochs=3)
+    cfg.data.unit = "char"
+    cfg.optim.optimizer, cfg.optim.lr, cfg.model.dropout_scale = "adam", 0.01, 0.2
+    trainer = LanguageModelTrainer.from_config(cfg, run_id="c")
+    res = trainer.fit()
+    assert res["val_ppl"] < 4.0                                      # 15 characters; the lines are fixed
+    model = load_model(tmp_path / "runs" / "c")
+    assert model.vocab.unit == "char" and " " in model.vocab
+    r = subprocess.run([sys.executable, "-m", "lstmkit", "lm", "generate", str(tmp_path / "runs" / "c"),
+                        "--prompt", "one tw", "--max-new-tokens", "8"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("o three") or r.stdout.startswith("o thre"), r.stdout

@@ -40,6 +40,11 @@ def lm_train(args) -> int:
     return _fit(LanguageModelTrainer.from_config(LMConfig.load(args.config, over), args.run_id))
 
 
+def lm_finetune(args) -> int:
+    from .lm import LanguageModelTrainer
+    return _fit(LanguageModelTrainer.finetune(args.run, args.run_id, _overrides(args)))
+
+
 def lm_eval(args) -> int:
     import time
     from .core.device import pick_runtime
@@ -107,9 +112,17 @@ def lm_generate(args) -> int:
     if unknown:
         print(f"note: {len(unknown)} prompt word(s) not in the vocabulary, read as <unk>: {unknown[:5]}", file=sys.stderr)
     ids = np.asarray([model.vocab.encode(words)], dtype=np.int64)
-    out = TestLanguageModel.generation(ids, args.max_new_tokens, model, temperature=args.temperature,
-                                       top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    print(model.vocab.join(model.vocab.decode(out[0])))
+    opts = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
+    if args.beam > 1 or args.no_stream:
+        out = TestLanguageModel.generation(ids, args.max_new_tokens, model, beam=args.beam, **opts)
+        print(model.vocab.join(model.vocab.decode(out[0])))
+        return 0
+    from .lm.generate import iter_generation
+    sep = "" if model.vocab.unit == "char" else " "
+    for i, nxt in enumerate(iter_generation(ids, args.max_new_tokens, model, **opts)):   # print as it comes
+        print((sep if i else "") + model.vocab.itos[int(nxt[0])], end="", flush=True)
+    print()
     return 0
 
 
@@ -227,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=20")
     t.set_defaults(func=lm_train)
 
+    f = lm.add_parser("finetune", help="the paper's fine-tuning stage: averaged training from a run's best weights")
+    f.add_argument("run")
+    f.add_argument("--max-minutes", type=float)
+    f.add_argument("--epochs", type=int)
+    f.add_argument("--run-id", help="name of the new run folder (default: RUN-finetune)")
+    f.add_argument("--runs-dir")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=15")
+    f.set_defaults(func=lm_finetune)
+
     e = lm.add_parser("eval", help="perplexity and fixed-context NLL of a trained run")
     e.add_argument("run")
     e.add_argument("--split", default="test", choices=("valid", "test"))
@@ -260,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int)
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int)
+    g.add_argument("--beam", type=int, default=1, help="beam search width (1 = greedy/sampling, streamed)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages words already used")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0, help="never repeat an n-gram of this size")
+    g.add_argument("--no-stream", action="store_true", help="print the continuation at the end, not word by word")
     g.set_defaults(func=lm_generate)
 
     las = top.add_parser("las", help="Listen, Attend and Spell").add_subparsers(dest="cmd", required=True)

@@ -57,6 +57,7 @@ class TrainConfig:
     max_nonfinite: int = field(default=5, metadata=POS)            # skipped steps in a row before a rewind
     nonfinite_lr_factor: float = field(default=0.5, metadata={"min": 0.0, "min_open": True, "max": 1.0})  # lr x this per rewind
     max_rewinds: int = field(default=3, metadata={"min": 0})       # rewinds to the last checkpoint before giving up
+    stop_on_plateau: bool = False      # stop when validation has not improved for optim.nonmono checks (finetune sets it)
 
 
 @dataclass

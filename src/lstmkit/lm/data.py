@@ -95,7 +95,7 @@ class Vocabulary:
         words = path.read_text(encoding="utf-8").split("\n")
         if words and words[-1] == "":
             words = words[:-1]
-        return cls(words, eos=eos)
+        return cls(words, eos=eos, unit=unit)
 
     @classmethod
     def build(cls, lines: Sequence[Sequence[str]], max_size: int | None = None, eos: str = EOS,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..nn import LockedDropout, WeightDrop, embedding_dropout
 from ..nn.adaptive import adaptive_nll, adaptive_target_logprob
 from ..nn.linear_cross_entropy import linear_cross_entropy
+from ..nn.mos import MixtureOfSoftmaxes
 
 P = {"min": 0.0, "max": 1.0, "max_open": True}  # range of every *_p field
 
@@ -46,9 +47,12 @@ class AWDLSTMConfig:
     # Output layer: the paper's full softmax, or an adaptive softmax (Grave et al. 2017,
     # nn.AdaptiveLogSoftmaxWithLoss; needs ids sorted by frequency, as Vocabulary.build does).
     # The adaptive softmax has its own weights, so tie_weights does not apply to it.
-    softmax: str = field(default="full", metadata={"choices": ("full", "adaptive")})
+    # "mos": mixture of softmaxes (Yang et al. 2017, lstmkit.nn.mos), decoder tied to the embedding.
+    softmax: str = field(default="full", metadata={"choices": ("full", "adaptive", "mos")})
     adaptive_cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
     adaptive_div: float = field(default=4.0, metadata={"min": 1.0})
+    mos_experts: int = field(default=15, metadata={"min": 1})      # K softmaxes (15 in the MoS paper)
+    dropoutl_p: float = field(default=0.29, metadata=P)            # MoS latent dropout
     # Full softmax loss in row chunks with gradients computed on the fly (lstmkit.nn.linear_cross_entropy):
     # the (N*T, V) logits never exist at once. 0 = plain autograd over the whole logits.
     loss_chunk: int = field(default=1024, metadata={"min": 0})
@@ -89,6 +93,11 @@ class AWDLSTM(nn.Module):
         if c.softmax == "adaptive":
             cutoffs = [k for k in c.adaptive_cutoffs if 0 < k < c.vocab_size]
             self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(sizes[-1], c.vocab_size, cutoffs, c.adaptive_div, head_bias=True)
+        elif c.softmax == "mos":
+            self.decoder = nn.Linear(c.emb_size, c.vocab_size)
+            if c.tie_weights:
+                self.decoder.weight = self.encoder.weight
+            self.mos = MixtureOfSoftmaxes(sizes[-1], self.decoder, c.mos_experts, c.p("dropoutl_p"))
         else:
             self.decoder = nn.Linear(sizes[-1], c.vocab_size)
             if tie:  # Inan et al. 2016; Press & Wolf 2016
@@ -99,7 +108,7 @@ class AWDLSTM(nn.Module):
     def reset_parameters(self) -> None:
         r = self.config.init_range
         nn.init.uniform_(self.encoder.weight, -r, r)
-        if self.config.softmax == "full":
+        if self.config.softmax in ("full", "mos"):
             nn.init.zeros_(self.decoder.bias)
             if self.decoder.weight is not self.encoder.weight:
                 nn.init.uniform_(self.decoder.weight, -r, r)
@@ -127,7 +136,10 @@ class AWDLSTM(nn.Module):
         return x, raw, new_hidden
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
-        """Decoder: (..., E) -> (..., V) raw scores (logits; log-probabilities for the adaptive softmax)."""
+        """Decoder: (..., E) -> (..., V) raw scores (logits; log-probabilities for the adaptive softmax
+        and the mixture of softmaxes)."""
+        if self.config.softmax == "mos":
+            return self.mos.log_prob(h.reshape(-1, h.size(-1))).view(*h.shape[:-1], -1)
         if self.config.softmax == "adaptive":
             with torch.autocast(h.device.type, enabled=False):
                 flat = h.reshape(-1, h.size(-1)).float()
@@ -136,6 +148,8 @@ class AWDLSTM(nn.Module):
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-word NLL (nats) of hidden outputs h (N, T, E) against targets (N, T), fp32."""
+        if self.config.softmax == "mos":
+            return -self.mos.target_logprob(h.reshape(-1, h.size(-1)), targets.reshape(-1)).mean()
         if self.config.softmax == "adaptive":   # linears under autocast, log-softmaxes and sums in fp32
             return adaptive_nll(self.adaptive, h.reshape(-1, h.size(-1)), targets.reshape(-1))
         if self.config.loss_chunk:
@@ -146,6 +160,8 @@ class AWDLSTM(nn.Module):
     def target_logprob(self, h: torch.Tensor, targets: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """Per-token ``log p(target)`` (fp32), same shape as ``targets``: h (N, T, E), targets (N, T)."""
         flat, t = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+        if self.config.softmax == "mos":
+            return self.mos.target_logprob(flat, t).view(targets.shape)
         if self.config.softmax == "adaptive":
             return adaptive_target_logprob(self.adaptive, flat, t).view(targets.shape)
         out = [F.log_softmax(self.decoder(flat[i: i + chunk]).float(), -1).gather(1, t[i: i + chunk, None]).squeeze(1)

@@ -27,7 +27,7 @@ from .data import BPTTIterator, Corpus, Vocabulary, batchify, load_corpus
 from .evaluate import draw_contexts, nll_of_scores, perplexity, stream_loss
 from .generate import TestLanguageModel
 from .model import AWDLSTM, detach_hidden
-from .optim import NTASGD, AdamWrapper, activation_regularization, temporal_activation_regularization
+from .optim import NTASGD, AdamWrapper, activation_regularization, should_switch_to_asgd, temporal_activation_regularization
 
 
 class LanguageModelDataLoader:
@@ -239,6 +239,30 @@ class LanguageModelTrainer(RewindOnNonFinite):
         trainer._restore()
         return trainer
 
+    @classmethod
+    def finetune(cls, run_dir: str | Path, run_id: str | None = None, overrides: dict | None = None) -> "LanguageModelTrainer":
+        """The paper's fine-tuning stage (its ``finetune.py``): a new run that starts from the best
+        weights of ``run_dir`` and averages the iterates from the first step (ASGD, or Adam with
+        averaging when the run used Adam), stopping once the averaged validation loss has not
+        improved for ``optim.nonmono`` checks (``train.stop_on_plateau``)."""
+        src = RunFolder.open(run_dir)
+        config = load_toml(LMConfig, src.path / "config.toml", overrides)
+        config.train.stop_on_plateau = True
+        if "runs_dir" not in (overrides or {}).get("train", {}):
+            config.train.runs_dir = str(src.path.parent)          # beside the run it continues
+        vocab = Vocabulary.load(src.path / "vocab.txt", unit=config.data.unit)
+        corpus = load_corpus(config.data, vocab=vocab if config.data.format != "npy" else None)
+        model = AWDLSTM(config.model)
+        weights, _, st = load_checkpoint(src.checkpoint_dir, "best")
+        load_module_weights(model, weights, str(src.checkpoint_dir / "best.json"))
+        d = config.data
+        loader = LanguageModelDataLoader(corpus, d.batch_size, d.bptt, d.variable_bptt, seed=config.train.seed + 1)
+        trainer = cls(model, loader, config.train.epochs, run_id or f"{src.path.name}-finetune", config)
+        trainer.opt.start_averaging(0)
+        trainer.run.log_metrics({"type": "finetune", "from_run": str(src.path), "from_step": st["step"],
+                                 "from_val_loss": st.get("val_loss")})
+        return trainer
+
     def fit(self, max_minutes: float | None = None) -> dict:
         """Train up to ``max_epochs`` (or ``max_minutes`` of wall time), validating each epoch; then
         evaluate the best checkpoint on the test split. Ctrl-C stops cleanly after a checkpoint."""
@@ -252,6 +276,9 @@ class LanguageModelTrainer(RewindOnNonFinite):
                     self.rewind(r.step)
                     continue
                 self.test()
+                if self.config.train.stop_on_plateau and should_switch_to_asgd(self.val_losses, self.config.optim.nonmono):
+                    print(f"validation has not improved for {self.config.optim.nonmono} checks: done", flush=True)
+                    break
         return self.final_eval()
 
     def final_eval(self) -> dict:
