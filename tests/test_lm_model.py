@@ -125,4 +125,4 @@ def test_mixture_of_softmaxes_is_a_distribution_and_its_loss_matches_its_log_pro
     ga, = torch.autograd.grad(a, h)
     b = m.mos.log_prob(h).gather(1, t[:, None]).sum()
     gb, = torch.autograd.grad(b, h)
-    assert torch.allclose(ga, gb, atol=1e-6) and float(a) == pytest.approx(float(b), rel=1e-6)
+    assert torch.allclose(ga, gb, atol=1e-6) and float(a.detach()) == pytest.approx(float(b.detach()), rel=1e-6)

@@ -27,8 +27,12 @@ def _overrides(args) -> dict:
 
 
 def _fit(trainer) -> int:
-    print(f"run folder: {trainer.run.path}", flush=True)
-    print(json.dumps(trainer.fit()))
+    main = getattr(trainer, "dist", None) is None or trainer.dist.main      # torchrun: rank 0 speaks
+    if main:
+        print(f"run folder: {trainer.run.path}", flush=True)
+    res = trainer.fit()
+    if main:
+        print(json.dumps(res))
     return 130 if trainer._flag and trainer._flag.stop else 0
 
 

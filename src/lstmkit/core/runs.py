@@ -26,8 +26,9 @@ class RunFolder:
         5.0
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly   # ranks other than 0 of a distributed run: metrics and texts are not written
 
     @classmethod
     def create(cls, root: str | Path = "runs", run_id: str | None = None) -> "RunFolder":
@@ -43,6 +44,14 @@ class RunFolder:
             path, n = root / f"{stamp}-{n}", n + 1
         path.mkdir()
         return cls(path)
+
+    @classmethod
+    def create_on_main(cls, dist, root: str | Path = "runs", run_id: str | None = None) -> "RunFolder":
+        """Distributed runs: rank 0 creates the folder, the other ranks open it read-only."""
+        from .distributed import broadcast
+        path = cls.create(root, run_id).path if dist.main else None
+        path = broadcast(str(path) if path else None, dist)
+        return cls(Path(path), readonly=not dist.main)
 
     @classmethod
     def open(cls, path: str | Path) -> "RunFolder":
@@ -62,12 +71,16 @@ class RunFolder:
         return self.path / "checkpoint"
 
     def write_text(self, name: str, text: str) -> Path:
+        if self.readonly:
+            return self.path / name
         p = self.file(name)
         atomic_write_text(p, text)
         return p
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON object to metrics.jsonl (one line per epoch or event)."""
+        if self.readonly:
+            return
         with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
@@ -80,5 +93,7 @@ class RunFolder:
 
     def truncate_metrics(self, keep) -> None:
         """Keep only records for which ``keep(record)`` is true (used when resuming)."""
+        if self.readonly:
+            return
         recs = [r for r in self.metrics() if keep(r)]
         atomic_write_text(self.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in recs))

@@ -25,18 +25,20 @@ class StepResult:
 
 
 def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
-               params: Iterable[torch.nn.Parameter], clip: float, runtime: Runtime) -> StepResult:
+               params: Iterable[torch.nn.Parameter], clip: float, runtime: Runtime, sync: bool = False) -> StepResult:
     """Run ``loss_fn`` under autocast, backpropagate, clip to ``clip`` (0 = off) and step.
 
     A non-finite loss or gradient norm skips the update (gradients are cleared) and reports
-    ``skipped=True``; the caller counts these and decides when to give up.
+    ``skipped=True``; the caller counts these and decides when to give up. ``sync`` (distributed
+    training): always run the backward, whose gradient all-reduce every rank must join; a NaN on
+    one rank then reaches every rank's gradient norm, so all of them skip the same step.
     """
     params = [p for p in params if p.requires_grad]
     optimizer.zero_grad(set_to_none=True)
     with runtime.autocast():
         loss = loss_fn()
     value = float(loss.detach())
-    if not math.isfinite(value):
+    if not math.isfinite(value) and not sync:
         return StepResult(value, float("nan"), True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))

@@ -274,17 +274,28 @@ class LAS(nn.Module):
 
 
 def las_loss(model: LAS, features, lengths, inputs, targets, tf_rate: float = 1.0,
-             generator: torch.Generator | None = None, pad: int = 0) -> torch.Tensor:
+             generator: torch.Generator | None = None, pad: int = 0,
+             norm: tuple[float, float] | None = None) -> torch.Tensor:
     """Training loss: attention cross-entropy per character, mixed with the listener's CTC loss
-    when ``ctc_weight`` > 0: ``(1 - w) * CE + w * CTC`` (targets without ``<eos>``, blank = ``pad``)."""
+    when ``ctc_weight`` > 0: ``(1 - w) * CE + w * CTC`` (targets without ``<eos>``, blank = ``pad``;
+    CTC per utterance divided by its length, then averaged).
+
+    ``norm = (characters, utterances)`` divides the sums by these counts instead of this batch's
+    own: a distributed rank holding part of a global batch passes the global counts / world size,
+    so the ranks' averaged gradient is exactly the global batch's."""
     w = model.config.ctc_weight
     keys, values, lens, hidden = model.listener(features, lengths, return_hidden=True)
     logits, _ = model(features, lengths, inputs, tf_rate, generator, listened=(keys, values, lens))
-    loss = sequence_loss(logits, targets, pad)
+    if norm is None:
+        loss = sequence_loss(logits, targets, pad)
+    else:
+        loss = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=pad, reduction="sum") / norm[0]
     if w > 0:
         logp = model.listener.ctc(hidden).float().log_softmax(-1).transpose(0, 1)   # (S', N, C)
         n_chars = (targets != pad).sum(1) - 1                                       # drop <eos>
-        ctc = F.ctc_loss(logp, targets, lens, n_chars, blank=pad, zero_infinity=True)
+        per = F.ctc_loss(logp, targets, lens, n_chars, blank=pad, zero_infinity=True, reduction="none")
+        per = per / n_chars.clamp(min=1)
+        ctc = per.mean() if norm is None else per.sum() / norm[1]
         loss = (1 - w) * loss + w * ctc
     return loss
 

@@ -23,6 +23,7 @@ from ..config import dumps_toml, load_toml, to_dict
 from ..core.checkpoint import (load_checkpoint, load_module_weights, module_weights, rng_state,
                                save_checkpoint, set_rng_state)
 from ..core.device import pick_runtime
+from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, init_distributed, wrap
 from ..core.plots import plot_attention, plot_curves, plot_features
 from ..core.runs import RunFolder
 from ..core.train import Rewind, RewindOnNonFinite, StopFlag, train_step
@@ -52,7 +53,8 @@ class LASTrainer(RewindOnNonFinite):
     def __init__(self, config: LASRunConfig, run_id: str | None = None, run: RunFolder | None = None,
                  vocab: CharVocabulary | None = None):
         self.config = cfg = config
-        self.runtime = pick_runtime(cfg.train.device, cfg.train.precision, cfg.train.threads)
+        self.dist = init_distributed(cfg.train.device)
+        self.runtime = pick_runtime(device_for(self.dist, cfg.train.device), cfg.train.precision, cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         train, val = load_splits(cfg)
         chars = cfg.data.toy.alphabet if cfg.data.path is None else sorted({c for u in train for c in u.text})
@@ -62,8 +64,11 @@ class LASTrainer(RewindOnNonFinite):
         self.val_set = SpeechDataset(val, self.vocab, f"{cfg.data.path or 'toy'}/{cfg.data.val_split}")
         self.model = LAS(cfg.model).to(self.runtime.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-        self.run = run or RunFolder.create(cfg.train.runs_dir, run_id)
-        if run is None:
+        self.objective = wrap(Objective(self.model, las_loss), self.dist, find_unused=True)
+        if run is not None and not self.dist.main:
+            run = RunFolder(run.path, readonly=True)
+        self.run = run or RunFolder.create_on_main(self.dist, cfg.train.runs_dir, run_id)
+        if run is None and self.dist.main:
             self.run.write_text("config.toml", dumps_toml(to_dict(cfg)))
             self.run.write_text("chars.json", json.dumps(self.vocab.chars()))
             u = train[0]
@@ -96,8 +101,16 @@ class LASTrainer(RewindOnNonFinite):
         self.model.train()
         total = count = 0.0
         t0 = time.time()
-        for i in tqdm(range(self.batch_in_epoch, len(batches)), desc=f"epoch {self.epoch + 1}", leave=False, disable=None):
-            x, lens, inp, tgt = self._batch(self.train_set, batches[i])
+        world, norm = self.dist.world, None
+        for i in tqdm(range(self.batch_in_epoch, len(batches)), desc=f"epoch {self.epoch + 1}", leave=False,
+                      disable=None if self.dist.main else True):
+            idx = batches[i]
+            if world > 1:            # each rank takes every world-th utterance of the same global batch
+                if len(idx) < world:
+                    continue
+                norm = (sum(len(self.train_set.targets[j]) + 1 for j in idx) / world, len(idx) / world)
+                idx = idx[self.dist.rank::world]
+            x, lens, inp, tgt = self._batch(self.train_set, idx)
             d = cfg.data
             if d.augment_noise > 0:             # fresh noise every step: the model cannot memorise it
                 x = x + d.augment_noise * torch.randn_like(x)
@@ -106,8 +119,10 @@ class LASTrainer(RewindOnNonFinite):
             if d.specaug_time_masks or d.specaug_freq_masks:
                 x = spec_augment(x, lens, d.specaug_time_masks, d.specaug_time_width, d.specaug_freq_masks,
                                  d.specaug_freq_width)
-            res = train_step(lambda: las_loss(self.model, x, lens, inp, tgt, tf, pad=self.vocab.pad),
-                             self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
+            res = train_step(lambda: self.objective(x, lens, inp, tgt, tf, None, self.vocab.pad, norm),
+                             self.opt, self.model.parameters(), cfg.optim.clip, self.runtime, sync=world > 1)
+            if world > 1:            # the global batch's loss, for logs and curves
+                res.loss = all_sum([res.loss], self.dist)[0] / world
             self.step += 1
             self.batch_in_epoch = i + 1
             if res.skipped:
@@ -122,11 +137,12 @@ class LASTrainer(RewindOnNonFinite):
                 self.elapsed += time.time() - t0
                 t0 = time.time()
                 self.save()
+                barrier(self.dist)
             if i + 1 in evals:
                 self.elapsed += time.time() - t0
                 self.validate(total / max(count, 1), partial=True)
                 t0 = time.time()                      # validation time is not training time
-            if (self._flag is not None and self._flag.stop) or time.time() > self._deadline:
+            if any_rank((self._flag is not None and self._flag.stop) or time.time() > self._deadline, self.dist):
                 self.stopped = True
                 break
         self.elapsed += time.time() - t0
@@ -170,6 +186,10 @@ class LASTrainer(RewindOnNonFinite):
         return out
 
     def validate(self, train_loss: float, partial: bool = False) -> dict:
+        """Rank 0 validates and writes; under torchrun the other ranks wait for it."""
+        if not self.dist.main:
+            barrier(self.dist)
+            return {}
         m = self.evaluate()
         epoch = self.epoch + (1 if partial or self.stopped else 0)
         rec = {"type": "valid", "epoch": epoch, "step": self.step, "partial_epoch": partial or self.stopped,
@@ -188,6 +208,7 @@ class LASTrainer(RewindOnNonFinite):
             save_checkpoint(self.run.checkpoint_dir, "best", f"{self.step:09d}", module_weights(self.model), {},
                             {"epoch": epoch, "step": self.step, "cer": m["cer"]})
         self.save()
+        barrier(self.dist)
         return rec
 
     def write_artifacts(self, epoch: int, cer_value: float) -> None:
@@ -216,6 +237,8 @@ class LASTrainer(RewindOnNonFinite):
 
     # ------------------------------------------------------------------------------ persistence
     def save(self) -> None:
+        if not self.dist.main:
+            return
         state = {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed,
                  "best_cer": self.best_cer, "epoch_rng": self.epoch_rng_state, "history": self.history,
                  "lr_factor": self.lr_factor, "rewinds": self.rewinds}
@@ -252,7 +275,7 @@ class LASTrainer(RewindOnNonFinite):
                     self.rewind(r.step)
                     continue
                 self.validate(loss)
-        return self.history[-1]
+        return self.history[-1] if self.history else {}
 
 
 def load_las(run_dir: str | Path, which: str = "best") -> tuple[LAS, CharVocabulary]:

@@ -22,15 +22,19 @@ from .model import AWDLSTM
 
 @torch.no_grad()
 def stream_loss(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bptt: int = 70,
-                runtime: Runtime | None = None) -> float:
-    """Mean NLL per token (nats) over a continuous stream; perplexity = exp(result)."""
+                runtime: Runtime | None = None, dist=None) -> float:
+    """Mean NLL per token (nats) over a continuous stream; perplexity = exp(result).
+    ``dist`` (a :class:`lstmkit.core.distributed.Dist`): each rank scores a share of the rows and
+    the sums are all-reduced, so every rank returns the same value."""
     was_training = model.training
     model.eval()
     rows = batchify(stream, batch_size).to(next(model.parameters()).device)
+    if dist is not None and dist.enabled:
+        rows = rows[np.array_split(np.arange(rows.size(0)), dist.world)[dist.rank]]
     hidden, total, count = None, 0.0, 0
     ctx = runtime.autocast() if runtime else torch.autocast("cpu", enabled=False)
     with ctx:
-        for i in range(0, rows.size(1) - 1, bptt):
+        for i in range(0, rows.size(1) - 1 if rows.size(0) else 0, bptt):
             x = rows[:, i: i + bptt]
             y = rows[:, i + 1: i + 1 + bptt]
             x = x[:, : y.size(1)]
@@ -38,6 +42,9 @@ def stream_loss(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bptt: 
             total += float(model.loss(dropped, y)) * y.numel()
             count += y.numel()
     model.train(was_training)
+    if dist is not None and dist.enabled:
+        from ..core.distributed import all_sum
+        total, count = all_sum([total, count], dist)
     return total / max(count, 1)
 
 

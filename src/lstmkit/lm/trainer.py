@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..config import dumps_toml, load_toml, to_dict
 from ..core.checkpoint import load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
 from ..core.device import Runtime, pick_runtime
+from ..core.distributed import Objective, all_sum, any_rank, device_for, gather_rows, init_distributed, wrap
 from ..core.plots import plot_curves
 from ..core.runs import RunFolder
 from ..core.train import Rewind, RewindOnNonFinite, StopFlag, train_step
@@ -36,15 +37,30 @@ class LanguageModelDataLoader:
     Holds the whole corpus so the trainer can reach the validation and test splits.
     """
 
-    def __init__(self, corpus: Corpus, batch_size: int = 80, bptt: int = 70, variable: bool = True, seed: int = 0):
+    def __init__(self, corpus: Corpus, batch_size: int = 80, bptt: int = 70, variable: bool = True, seed: int = 0,
+                 rows: slice = slice(None)):
         self.corpus, self.batch_size, self.bptt = corpus, batch_size, bptt
-        self.iterator = BPTTIterator(batchify(corpus.train, batch_size), bptt, seed, variable)
+        # ``rows``: under torchrun each rank owns a contiguous slice of the batch_size streams; the
+        # window lengths come from the same seed on every rank
+        self.iterator = BPTTIterator(batchify(corpus.train, batch_size)[rows], bptt, seed, variable)
 
     def __iter__(self):
         return iter(self.iterator)
 
     def __len__(self) -> int:
         return len(self.iterator)
+
+
+def _lm_objective(model: AWDLSTM, x, y, hidden, alpha: float, beta: float):
+    """Training loss of one window -> (loss with AR/TAR, cross-entropy (detached), new hidden)."""
+    dropped, raw, hidden = model.features(x, hidden)
+    ce = model.loss(dropped, y)
+    loss = ce
+    if alpha:
+        loss = loss + activation_regularization(dropped, alpha)
+    if beta:
+        loss = loss + temporal_activation_regularization(raw, beta)
+    return loss, ce.detach(), hidden
 
 
 class LanguageModelTrainer(RewindOnNonFinite):
@@ -56,10 +72,17 @@ class LanguageModelTrainer(RewindOnNonFinite):
         self.model, self.loader, self.max_epochs = model, loader, max_epochs
         self.vocab = loader.corpus.vocab
         model.vocab = self.vocab
-        self.runtime = runtime or pick_runtime(cfg.train.device, cfg.train.precision, cfg.train.threads)
+        self.dist = init_distributed(cfg.train.device)
+        self.runtime = runtime or pick_runtime(device_for(self.dist, cfg.train.device), cfg.train.precision, cfg.train.threads)
         model.to(self.runtime.device)
-        self.run = run or RunFolder.create(cfg.train.runs_dir, run_id)
-        if run is None:
+        if self.dist.enabled and loader.iterator.rows.size(0) * self.dist.world != loader.batch_size:
+            raise ValueError("distributed training: build the loader with rows=dist.rows(batch_size) "
+                             "(LanguageModelTrainer.from_config does)")
+        self.objective = wrap(Objective(model, _lm_objective), self.dist)
+        if run is not None and not self.dist.main:
+            run = RunFolder(run.path, readonly=True)
+        self.run = run or RunFolder.create_on_main(self.dist, cfg.train.runs_dir, run_id)
+        if run is None and self.dist.main:
             self.run.write_text("config.toml", dumps_toml(to_dict(cfg)))
             self.vocab.save(self.run.file("vocab.txt"))
         o = cfg.optim
@@ -82,13 +105,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
     # ----------------------------------------------------------------------------- training
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         o = self.config.optim
-        dropped, raw, self.hidden = self.model.features(x, self.hidden)
-        loss = self.model.loss(dropped, y)
-        self._last_ce = loss.detach()
-        if o.alpha:
-            loss = loss + activation_regularization(dropped, o.alpha)
-        if o.beta:
-            loss = loss + temporal_activation_regularization(raw, o.beta)
+        loss, ce, self.hidden = self.objective(x, y, self.hidden, o.alpha, o.beta)
+        self._last_ce = ce
         return loss
 
     def train(self) -> float:
@@ -108,20 +126,24 @@ class LanguageModelTrainer(RewindOnNonFinite):
                 self.hidden = self.model.init_hidden(x.size(0), dev)
             self.hidden = detach_hidden(self.hidden)
             self.opt.set_lr_scale(it.last_scale * cfg.optim.lr_decay ** self.epoch * self.lr_factor)
-            res = train_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
+            res = train_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime,
+                             sync=self.dist.enabled)
             self.step += 1
+            if self.dist.enabled:                   # report the mean over ranks = the global batch's loss
+                step_loss, ce = (v / self.dist.world for v in all_sum([res.loss, self._last_ce], self.dist))
+            else:
+                step_loss, ce = res.loss, float(self._last_ce)
             if res.skipped:
                 self._on_nonfinite(res)
             else:
                 self.nonfinite = 0
-                ce = float(self._last_ce)
                 total, count = total + ce, count + 1
             tokens += x.numel()
             bar.update(1)
             if self.step % cfg.train.log_every == 0 and count:
                 bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{perplexity(total / count):.0f}")
                 self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
-                                      "loss": total / count, "step_loss": res.loss, "lr": self.opt.param_groups[0]["lr"],
+                                      "loss": total / count, "step_loss": step_loss, "lr": self.opt.param_groups[0]["lr"],
                                       "grad_norm": res.grad_norm, "tokens_per_s": round(tokens / (time.time() - t_log), 1)})
                 t_log, tokens = time.time(), 0
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
@@ -143,18 +165,20 @@ class LanguageModelTrainer(RewindOnNonFinite):
         return mean
 
     def _should_stop(self) -> bool:
-        return (self._flag is not None and self._flag.stop) or time.time() > self._deadline
+        local = (self._flag is not None and self._flag.stop) or time.time() > self._deadline
+        return any_rank(local, self.dist)       # every rank stops at the same step
 
     # ----------------------------------------------------------------------------- evaluation
     def validate(self, partial: bool = False) -> float:
         """Validation NLL with the (averaged) weights; NT-ASGD check; metrics, best/last checkpoint."""
         d = self.config.data
         with self.opt.averaged():
-            val = stream_loss(self.model, self.loader.corpus.valid, d.eval_batch_size, d.bptt, self.runtime)
+            val = stream_loss(self.model, self.loader.corpus.valid, d.eval_batch_size, d.bptt, self.runtime, self.dist)
             if val < self.best_val:
                 self.best_val = val
-                save_checkpoint(self.run.checkpoint_dir, "best", f"{self.step:09d}", module_weights(self.model),
-                                {}, {"epoch": self.epoch, "step": self.step, "val_loss": val})
+                if self.dist.main:
+                    save_checkpoint(self.run.checkpoint_dir, "best", f"{self.step:09d}", module_weights(self.model),
+                                    {}, {"epoch": self.epoch, "step": self.step, "val_loss": val})
         self.val_losses.append(val)
         switched = self.opt.check(self.val_losses, self.epoch)
         self.run.log_metrics({"type": "valid", "epoch": self.epoch + (0 if not partial else 1), "step": self.step,
@@ -168,6 +192,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
         """Validate and write this epoch's artifacts; returns the dev NLL (per token, nats)."""
         val = self.validate()
         e = self.epoch + (1 if self.stopped else 0)  # a partial epoch is named after the epoch it ran in
+        if not self.dist.main:                       # artifacts: rank 0 only
+            return val
         with self.opt.averaged():
             for suffix, (ctx, tgt) in (("", self.dev_ctx), ("-test", self.test_ctx)):
                 scores = TestLanguageModel.prediction(ctx, self.model)
@@ -196,8 +222,10 @@ class LanguageModelTrainer(RewindOnNonFinite):
     # ----------------------------------------------------------------------------- persistence
     def save(self) -> None:
         """Write the ``last`` checkpoint atomically (weights, optimizer, RNG, data position, hidden)."""
-        extra = {"optim": self.opt.state_dict(), "rng": rng_state(),
-                 "hidden": [list(h) for h in self.hidden] if self.hidden is not None else []}
+        hidden = [[gather_rows(t, self.dist, dim=1) for t in h] for h in self.hidden] if self.hidden is not None else []
+        if not self.dist.main:                       # the hidden state of all streams is gathered on rank 0
+            return
+        extra = {"optim": self.opt.state_dict(), "rng": rng_state(), "hidden": hidden}
         state = {"epoch": self.epoch, "step": self.step, "val_losses": self.val_losses,
                  "train_losses": self.train_losses, "best_val": self.best_val, "elapsed": self.elapsed,
                  "loader": self.loader.iterator.state_dict(), "lr_factor": self.lr_factor, "rewinds": self.rewinds}
@@ -208,7 +236,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
         load_module_weights(self.model, weights, str(self.run.checkpoint_dir))
         self.opt.load_state_dict(extra["optim"])
         set_rng_state(extra["rng"])
-        self.hidden = [tuple(h) for h in extra["hidden"]] or None
+        rows = self.dist.rows(self.loader.batch_size)    # the saved state holds every stream: take ours
+        self.hidden = [tuple(t[:, rows] for t in h) for h in extra["hidden"]] or None
         self.epoch, self.step, self.elapsed = st["epoch"], st["step"], st["elapsed"]
         self.val_losses, self.train_losses, self.best_val = st["val_losses"], st["train_losses"], st["best_val"]
         self.loader.iterator.load_state_dict(st["loader"])
@@ -222,7 +251,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
         config.model.vocab_size = len(corpus.vocab)
         model = AWDLSTM(config.model)
         d = config.data
-        loader = LanguageModelDataLoader(corpus, d.batch_size, d.bptt, d.variable_bptt, seed=config.train.seed)
+        rows = init_distributed(config.train.device).rows(d.batch_size)
+        loader = LanguageModelDataLoader(corpus, d.batch_size, d.bptt, d.variable_bptt, seed=config.train.seed, rows=rows)
         return cls(model, loader, config.train.epochs, run_id, config)
 
     @classmethod
@@ -234,7 +264,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
         corpus = load_corpus(config.data, vocab=vocab if config.data.format != "npy" else None)
         model = AWDLSTM(config.model)
         d = config.data
-        loader = LanguageModelDataLoader(corpus, d.batch_size, d.bptt, d.variable_bptt, seed=config.train.seed)
+        rows = init_distributed(config.train.device).rows(d.batch_size)
+        loader = LanguageModelDataLoader(corpus, d.batch_size, d.bptt, d.variable_bptt, seed=config.train.seed, rows=rows)
         trainer = cls(model, loader, config.train.epochs, config=config, run=run)
         trainer._restore()
         return trainer
@@ -256,7 +287,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
         weights, _, st = load_checkpoint(src.checkpoint_dir, "best")
         load_module_weights(model, weights, str(src.checkpoint_dir / "best.json"))
         d = config.data
-        loader = LanguageModelDataLoader(corpus, d.batch_size, d.bptt, d.variable_bptt, seed=config.train.seed + 1)
+        rows = init_distributed(config.train.device).rows(d.batch_size)
+        loader = LanguageModelDataLoader(corpus, d.batch_size, d.bptt, d.variable_bptt, seed=config.train.seed + 1, rows=rows)
         trainer = cls(model, loader, config.train.epochs, run_id or f"{src.path.name}-finetune", config)
         trainer.opt.start_averaging(0)
         trainer.run.log_metrics({"type": "finetune", "from_run": str(src.path), "from_step": st["step"],
@@ -282,8 +314,11 @@ class LanguageModelTrainer(RewindOnNonFinite):
         return self.final_eval()
 
     def final_eval(self) -> dict:
-        """Load the best weights; dev and test perplexity (paper protocol) into ``results.json``."""
+        """Load the best weights; dev and test perplexity (paper protocol) into ``results.json``
+        (rank 0 only under torchrun; the other ranks return an empty dict)."""
         import json
+        if not self.dist.main:
+            return {}
         weights, _, st = load_checkpoint(self.run.checkpoint_dir, "best", self.runtime.device)
         load_module_weights(self.model, weights)
         d = self.config.data
