@@ -108,9 +108,14 @@ def test_fsdd_digit_strings_official_and_held_out_speaker(small_fsdd, tmp_path):
 
 
 @needs_shared
-def test_librispeech_mini_loads_train_and_dev_and_skips_untranscribed_test(tmp_path):
+def test_librispeech_mini_loads_train_dev_and_the_untranscribed_test(tmp_path):
     counts = prepare_librispeech_mini(SHARED / "librispeech-fbank-mini", tmp_path / "ls")
-    assert counts == {"train": 28, "val": 2, "test": 0}
+    n_test = len(list((SHARED / "librispeech-fbank-mini" / "test-clean" / "fbank").glob("*.npy")))
+    assert counts == {"train": 28, "val": 2, "test": n_test} and n_test > 0
+    with pytest.raises(InputError, match="empty transcript"):
+        read_split(tmp_path / "ls" / "test", 40)                       # not for training ...
+    test = read_split(tmp_path / "ls" / "test", 40, allow_empty=True)  # ... but decodable
+    assert len(test) == n_test and all(u.text == "" and u.features.shape[1] == 40 for u in test)
     utts = read_split(tmp_path / "ls" / "val", 40)
     assert utts[0].features.shape[1] == 40 and utts[0].text == utts[0].text.lower() and len(utts[0].text) > 20
     assert prepare_librispeech_mini(SHARED / "librispeech-fbank-mini", tmp_path / "ls80", pool_to=None,

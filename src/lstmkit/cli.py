@@ -163,7 +163,7 @@ def las_prepare(args) -> int:
         counts = prepare_folder(args.data_in, out, FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 16000,
                                                                  hop_ms=args.hop_ms))
     for split, n in counts.items():
-        print(f"{out / split}: {n} utterances" if n else f"{split}: skipped (no transcripts)")
+        print(f"{out / split}: {n} utterances")
     return 0
 
 
@@ -185,7 +185,7 @@ def las_decode(args) -> int:
     model, vocab = load_las(args.run, args.checkpoint)
     if args.window is not None:
         model.speller.window = args.window
-    ds = SpeechDataset.from_folder(args.data, vocab, model.config.n_bands)
+    ds = SpeechDataset.from_folder(args.data, vocab, model.config.n_bands, allow_empty=True)
     fusion = None
     if args.lm:
         from .las.fusion import CharLMFusion
@@ -207,7 +207,11 @@ def las_decode(args) -> int:
     w = csv.writer(sys.stdout, delimiter="\t")
     for u, h in zip(ds.utts, hyps):
         w.writerow([u.id, h])
-    print(json.dumps({"n": len(ds), "cer": cer(refs, hyps), "wer": wer(refs, hyps)}), file=sys.stderr)
+    scored = [(r, h) for r, h in zip(refs, hyps) if r]          # utterances without a reference are only transcribed
+    res = {"n": len(ds), "n_scored": len(scored)}
+    if scored:
+        res.update(cer=cer(*zip(*scored)), wer=wer(*zip(*scored)))
+    print(json.dumps(res), file=sys.stderr)
     return 0
 
 

@@ -86,8 +86,9 @@ def write_split(folder: Path, utterances: Sequence[Utterance]) -> None:
         (folder / "spans.jsonl").write_text("\n".join(spans) + "\n", encoding="utf-8")
 
 
-def read_split(folder: str | Path, n_bands: int | None = 40) -> list[Utterance]:
-    """Read and check one split folder; every problem names the file and what was expected."""
+def read_split(folder: str | Path, n_bands: int | None = 40, allow_empty: bool = False) -> list[Utterance]:
+    """Read and check one split folder; every problem names the file and what was expected.
+    ``allow_empty``: accept utterances with an empty transcript (audio to transcribe, no reference)."""
     folder = Path(folder)
     tsv = folder / "transcripts.tsv"
     if not folder.is_dir():
@@ -123,7 +124,7 @@ def read_split(folder: str | Path, n_bands: int | None = 40) -> list[Utterance]:
         except (ValueError, OSError) as e:
             raise InputError(str(path), f"unreadable ({e})", "a numeric .npy array (T, F)") from None
         check_features(x, str(path), n_bands)
-        if not text:
+        if not text and not allow_empty:
             raise InputError(f"{tsv}:{k}", f"empty transcript for {uid!r}", "at least one character")
         out.append(Utterance(uid, x.astype(np.float32, copy=False), text, spans.get(uid)))
     extra = sorted(p.stem for p in feats_dir.glob("*.npy") if p.stem not in listed) if feats_dir.is_dir() else []
@@ -156,8 +157,9 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.features = [torch.from_numpy(u.features) for u in self.utts]
 
     @classmethod
-    def from_folder(cls, folder: str | Path, vocab: CharVocabulary, n_bands: int | None = 40) -> "SpeechDataset":
-        return cls(read_split(folder, n_bands), vocab, str(folder))
+    def from_folder(cls, folder: str | Path, vocab: CharVocabulary, n_bands: int | None = 40,
+                    allow_empty: bool = False) -> "SpeechDataset":
+        return cls(read_split(folder, n_bands, allow_empty), vocab, str(folder))
 
     def __len__(self) -> int:
         return len(self.utts)

@@ -121,8 +121,9 @@ def prepare_librispeech_mini(src: str | Path, out: str | Path, pool_to: int | No
     """``src/{split}/fbank/<id>.npy`` (80, T) + ``src/{split}/text/<id>.npy`` (characters) -> LAS folders.
 
     Features are transposed to (T, 80), optionally averaged over adjacent bands down to
-    ``pool_to`` bands (80 -> 40), and normalized per utterance. Splits without transcripts are
-    skipped (the mini test-clean ships none) and reported with count 0.
+    ``pool_to`` bands (80 -> 40), and normalized per utterance. A split without transcripts (the
+    mini test-clean ships none) is written with empty transcripts: ``lstmkit las decode``
+    transcribes it and scores only utterances that have a reference.
     """
     src = Path(src)
     splits = splits or {"train-clean-100": "train", "dev-clean": "val", "test-clean": "test"}
@@ -131,9 +132,6 @@ def prepare_librispeech_mini(src: str | Path, out: str | Path, pool_to: int | No
         fb, tx = src / name / "fbank", src / name / "text"
         if not fb.is_dir():
             raise InputError(str(fb), "folder not found", "LibriSpeech-mini layout: <split>/fbank/*.npy, <split>/text/*.npy")
-        if not tx.is_dir():
-            counts[target] = 0
-            continue
         utts = []
         for f in sorted(fb.glob("*.npy")):
             x = np.load(f, allow_pickle=False)
@@ -145,10 +143,13 @@ def prepare_librispeech_mini(src: str | Path, out: str | Path, pool_to: int | No
                     raise InputError("--bands", f"{pool_to}", "a divisor of 80 (e.g. 40)")
                 x = x.reshape(x.shape[0], pool_to, 80 // pool_to).mean(-1)
             tf = tx / f.name
-            if not tf.is_file():
+            if not tx.is_dir():
+                text = ""
+            elif not tf.is_file():
                 raise InputError(str(tf), "transcript not found", f"one text/<id>.npy per fbank/<id>.npy")
-            chars = np.load(tf, allow_pickle=False)
-            text = "".join(c for c in chars.tolist() if len(c) == 1).lower()
+            else:
+                chars = np.load(tf, allow_pickle=False)
+                text = "".join(c for c in chars.tolist() if len(c) == 1).lower()
             utts.append(Utterance(f.stem, cmvn(x), " ".join(text.split()), None))
         write_split(Path(out) / target, utts)
         counts[target] = len(utts)
