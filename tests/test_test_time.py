@@ -89,3 +89,14 @@ def test_dynamic_eval_scores_before_updating_and_restores_weights():
         pytest.approx(stream_loss(m, head, 1, 5), rel=1e-5)
     with pytest.raises(InputError, match="gradient statistics"):
         dynamic_eval_loss(m, s, DynamicEvalConfig(method="rms"))
+
+
+def test_dynamic_eval_and_cache_in_one_pass():
+    from lstmkit.lm.dynamic_eval import dynamic_eval_losses
+    m, s = tiny_lm(), repetitive_stream()
+    cfg = DynamicEvalConfig(method="sgd", lr=0.2, decay=0.01, bptt=5)
+    same = dynamic_eval_losses(m, s, cfg, cache=NeuralCache(100, 0.5, 0.0))
+    assert same["dynamic_cache"] == pytest.approx(same["dynamic"], rel=1e-6)   # lambda 0: the cache adds nothing
+    both = dynamic_eval_losses(m, s, cfg, cache=NeuralCache(100, 0.0, 0.4))
+    assert both["dynamic"] == pytest.approx(same["dynamic"], rel=1e-6)          # the cache does not change updates
+    assert both["dynamic_cache"] != both["dynamic"]

@@ -81,21 +81,20 @@ def lm_eval(args) -> int:
         c = cache_loss(model, stream, args.window, theta, lam, bs, cfg.data.bptt, rt)
         out["cache"] = {"window": args.window, "theta": theta, "lambda": lam, "loss": c, "ppl": perplexity(c),
                         "seconds": round(time.time() - t0, 1)}
-        cache = NeuralCache(args.window, theta, lam)
+        cache = NeuralCache(args.window, theta, lam)           # fresh, for the dynamic-evaluation pass
     if args.dynamic_eval:
-        from .lm.dynamic_eval import DynamicEvalConfig, dynamic_eval_loss, gradient_rms
+        from .lm.dynamic_eval import DynamicEvalConfig, dynamic_eval_losses, gradient_rms
         de = DynamicEvalConfig(method=args.de_method, lr=args.de_lr, decay=args.de_decay, bptt=args.de_bptt,
                                batch_size=args.de_batch_size)
         de.check()
         t0 = time.time()
         rms = gradient_rms(model, corpus.train, de.grad_batches, de.grad_bptt, cfg.data.batch_size, rt) \
             if de.method == "rms" else None
-        d = dynamic_eval_loss(model, stream, de, rms, rt)
+        res = dynamic_eval_losses(model, stream, de, rms, rt, cache)      # the cache's pass rides along
+        d = res["dynamic"]
         out["dynamic_eval"] = {**vars(de), "loss": d, "ppl": perplexity(d), "seconds": round(time.time() - t0, 1)}
         if cache is not None:
-            t0 = time.time()
-            both = dynamic_eval_loss(model, stream, de, rms, rt, cache=NeuralCache(args.window, cache.theta, cache.lam))
-            out["dynamic_eval_cache"] = {"loss": both, "ppl": perplexity(both), "seconds": round(time.time() - t0, 1)}
+            out["dynamic_eval_cache"] = {"loss": res["dynamic_cache"], "ppl": perplexity(res["dynamic_cache"])}
     if args.n_contexts:
         ctx, tgt = draw_contexts(stream, args.n_contexts, 20, seed=args.seed)
         out.update(fixed_context_nll=fixed_context_nll(model.cpu(), ctx, tgt), n_contexts=args.n_contexts)

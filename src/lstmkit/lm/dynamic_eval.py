@@ -81,8 +81,17 @@ def dynamic_eval_loss(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConfig
                       rms: list[torch.Tensor] | None = None, runtime: Runtime | None = None, cache=None) -> float:
     """Mean NLL per token (nats) of ``stream`` under dynamic evaluation; perplexity = exp(result).
     The model's weights are restored afterwards. ``rms`` (from :func:`gradient_rms`) is required for
-    the rms method. ``cache`` (a :class:`lstmkit.lm.cache.NeuralCache`) mixes the pointer into the
-    reported score (the update still follows the model's own loss)."""
+    the rms method. ``cache`` (a :class:`lstmkit.lm.cache.NeuralCache`): the loss of dynamic
+    evaluation + cache instead (see :func:`dynamic_eval_losses`)."""
+    out = dynamic_eval_losses(model, stream, cfg, rms, runtime, cache)
+    return out["dynamic_cache"] if cache is not None else out["dynamic"]
+
+
+def dynamic_eval_losses(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConfig | None = None,
+                        rms: list[torch.Tensor] | None = None, runtime: Runtime | None = None, cache=None) -> dict:
+    """One pass of dynamic evaluation -> ``{"dynamic": NLL}``, plus ``"dynamic_cache"`` (the same
+    adapted model's probabilities mixed with ``cache``) when a cache is given: the cache does not
+    change the updates, so both come from the same pass."""
     cfg = cfg or DynamicEvalConfig()
     cfg.check()
     if cfg.method == "rms" and rms is None:
@@ -97,7 +106,7 @@ def dynamic_eval_loss(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConfig
         mean_inv = torch.cat([1.0 / (r.flatten() + cfg.eps) for r in rms]).mean()
         rate = [torch.clamp(cfg.decay * (1.0 / (r + cfg.eps)) / mean_inv, max=1.0) for r in rms]
     rows = batchify(stream, cfg.batch_size).to(params[0].device)
-    hidden, total, count = None, 0.0, 0
+    hidden, total, total_cache, count = None, 0.0, 0.0, 0
     try:
         for i in range(0, rows.size(1) - 1, cfg.bptt):
             y = rows[:, i + 1: i + 1 + cfg.bptt]
@@ -106,8 +115,9 @@ def dynamic_eval_loss(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConfig
                 h, _, hidden = model.features(x, hidden)
                 logp = model.target_logprob(h, y)
             loss = -logp.mean()
-            scored = logp.detach() if cache is None else cache(h.detach().float(), y, logp.detach())
-            total -= float(scored.sum())          # scored before the update: a fair next-token loss
+            total -= float(logp.detach().sum())   # scored before the update: a fair next-token loss
+            if cache is not None:
+                total_cache -= float(cache(h.detach().float(), y, logp.detach()).sum())
             count += y.numel()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             with torch.no_grad():
@@ -126,4 +136,7 @@ def dynamic_eval_loss(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConfig
             for p, w in zip(params, w0):
                 p.copy_(w)
         model.train(was)
-    return total / max(count, 1)
+    out = {"dynamic": total / max(count, 1)}
+    if cache is not None:
+        out["dynamic_cache"] = total_cache / max(count, 1)
+    return out
