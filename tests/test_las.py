@@ -199,6 +199,22 @@ def test_cli_make_toy_train_decode_plot(tmp_path):
     assert len(r.stdout.strip().splitlines()) == 8 and "cer" in r.stderr
     r = subprocess.run(cli + ["plot", str(tmp_path / "runs" / "x")], capture_output=True, text=True)
     assert r.returncode == 0 and "attention_0.png" in r.stdout
+    # shallow fusion with a character LM trained on the training transcripts
+    text = tmp_path / "text"
+    text.mkdir()
+    lines = [ln.split("\t", 1)[1] for ln in (tmp_path / "toy" / "train" / "transcripts.tsv").read_text().splitlines()]
+    for name, part in (("train", lines[:56]), ("valid", lines[56:]), ("test", lines[56:])):
+        (text / f"{name}.txt").write_text("\n".join(part) + "\n")
+    r = subprocess.run([sys.executable, "-m", "lstmkit", "lm", "train", "--config", "configs/lm-char-digits.toml",
+                        "--set", f'data.path="{text}"', "--set", "model.hidden_size=16", "--set", "model.emb_size=8",
+                        "--set", "data.batch_size=4", "--set", "data.bptt=20", "--set", "train.n_predictions=4",
+                        "--runs-dir", str(tmp_path / "runs"), "--run-id", "charlm", "--epochs", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(cli + ["decode", str(tmp_path / "runs" / "x"), str(tmp_path / "toy" / "val"), "--beam", "3",
+                              "--lm", str(tmp_path / "runs" / "charlm"), "--lm-weight", "0.5"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip().splitlines()) == 8 and '"cer"' in r.stderr
     r = subprocess.run(cli + ["train", "--data", str(tmp_path / "nothing"), "--runs-dir", str(tmp_path / "runs")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "data folder not found" in r.stderr and "Traceback" not in r.stderr

@@ -72,6 +72,14 @@ def test_cli_train_eval_generate(small_corpus, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert math.isfinite(out["ppl"]) and out["fixed_context_nll"] > 0
+    r = subprocess.run(cli + ["lm", "eval", str(tmp_path / "x"), "--n-contexts", "0", "--cache", "--cache-grid",
+                              "--grid-thetas", "0.1,0.5", "--grid-lambdas", "0.1", "--window", "50", "--dynamic-eval",
+                              "--de-method", "sgd", "--de-lr", "0.1", "--de-bptt", "10"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out2 = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out2["ppl"] == pytest.approx(out["ppl"]) and out2["cache_grid_valid"]["n"] == 2
+    for key in ("cache", "dynamic_eval", "dynamic_eval_cache"):
+        assert math.isfinite(out2[key]["ppl"]), key
     r = subprocess.run(cli + ["lm", "generate", str(tmp_path / "x"), "--prompt", "the cat qqq", "--max-new-tokens", "3"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and len(r.stdout.split()) == 3 and "<unk>" in r.stderr

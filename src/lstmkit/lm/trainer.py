@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..config import dumps_toml, load_toml, to_dict
 from ..core.checkpoint import load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
 from ..core.device import Runtime, pick_runtime
-from ..core.distributed import Objective, all_sum, any_rank, device_for, gather_rows, init_distributed, wrap
+from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, gather_rows, init_distributed, wrap
 from ..core.plots import plot_curves
 from ..core.runs import RunFolder
 from ..core.train import Rewind, RewindOnNonFinite, StopFlag, train_step
@@ -224,12 +224,14 @@ class LanguageModelTrainer(RewindOnNonFinite):
         """Write the ``last`` checkpoint atomically (weights, optimizer, RNG, data position, hidden)."""
         hidden = [[gather_rows(t, self.dist, dim=1) for t in h] for h in self.hidden] if self.hidden is not None else []
         if not self.dist.main:                       # the hidden state of all streams is gathered on rank 0
+            barrier(self.dist)                       # which writes; then every rank may read it (rewinds)
             return
         extra = {"optim": self.opt.state_dict(), "rng": rng_state(), "hidden": hidden}
         state = {"epoch": self.epoch, "step": self.step, "val_losses": self.val_losses,
                  "train_losses": self.train_losses, "best_val": self.best_val, "elapsed": self.elapsed,
                  "loader": self.loader.iterator.state_dict(), "lr_factor": self.lr_factor, "rewinds": self.rewinds}
         save_checkpoint(self.run.checkpoint_dir, "last", f"{self.step:09d}", module_weights(self.model), extra, state)
+        barrier(self.dist)
 
     def _restore(self) -> None:
         weights, extra, st = load_checkpoint(self.run.checkpoint_dir, "last", self.runtime.device)
