@@ -305,3 +305,20 @@ def test_sortagrad_batches_go_shortest_first():
     assert sorted(i for b in batches for i in b) == list(range(50))
     maxima = [max(lengths[i] for i in b) for b in batches]
     assert maxima == sorted(maxima)
+
+
+def test_ctc_rescoring_prefers_what_the_audio_supports():
+    from lstmkit.las.decode import _ctc_rescore, beam_search
+    # CTC frames spell "a a" as [a, blank, a]: the hypothesis that repeats 'a' twice fits the audio
+    a, blank = 3, 0
+    logp = torch.full((3, 5), -9.0)
+    logp[0, a] = logp[1, blank] = logp[2, a] = 0.0
+    logp = logp.log_softmax(-1)
+    hyps = [(-0.5, [a], -1.0), (-0.9, [a, a], -2.7)]                    # attention prefers the single 'a'
+    assert _ctc_rescore(hyps, logp, 0.0, 1.0) == [a]
+    assert _ctc_rescore(hyps, logp, 0.5, 1.0) == [a, a]
+    m = small_model(ctc_weight=0.3)
+    x, lens = torch.randn(2, 14, 40), torch.tensor([14, 9])
+    assert len(beam_search(m, x, lens, sos=1, eos=2, beam=3, ctc_weight=0.5)) == 2
+    with pytest.raises(InputError, match="CTC head"):
+        beam_search(small_model(), x, lens, sos=1, eos=2, beam=3, ctc_weight=0.5)

@@ -194,10 +194,10 @@ def las_decode(args) -> int:
     for i in range(0, len(ds), args.batch_size):
         idx = list(range(i, min(i + args.batch_size, len(ds))))
         b = collate([ds[j] for j in idx], vocab, idx)
-        if args.beam > 1 or fusion is not None:
+        if args.beam > 1 or fusion is not None or args.ctc_weight:
             seqs = beam_search(model, b.features, b.lengths, vocab.sos, vocab.eos, beam=args.beam,
                                length_norm=args.length_norm, lm_step=fusion, lm_weight=args.lm_weight,
-                               length_bonus=args.length_bonus)
+                               length_bonus=args.length_bonus, ctc_weight=args.ctc_weight)
             hyps += [vocab.decode(s) for s in seqs]
         else:
             ids, _ = greedy_decode(model, b.features, b.lengths, vocab.sos, vocab.eos)
@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lm", help="shallow fusion with this character-level LM run folder (lstmkit lm train, data.unit = \"char\")")
     d.add_argument("--lm-weight", type=float, default=0.3, help="lambda: score = log p_LAS + lambda * log p_LM")
     d.add_argument("--length-bonus", type=float, default=0.0, help="added to the score per emitted character")
+    d.add_argument("--ctc-weight", type=float, default=0.0, help="rescore the beam's hypotheses with the listener's "
+                                                                   "CTC head: (1-w) attention + w CTC (models with model.ctc_weight > 0)")
     d.set_defaults(func=las_decode)
 
     pr = las.add_parser("prepare", help="wav corpus / FSDD / LibriSpeech-mini -> LAS data folders (feats + transcripts)")

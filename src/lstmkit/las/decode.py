@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .model import LAS, frame_mask
 
@@ -55,7 +56,7 @@ def greedy_decode(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos
 def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: int, eos: int, beam: int = 8,
                 max_ratio: float = 1.0, length_norm: float = 1.0, max_len: int | None = None,
                 lm_step: Callable | None = None, lm_weight: float = 0.0, length_bonus: float = 0.0,
-                listened=None) -> list[list[int]]:
+                listened=None, ctc_weight: float = 0.0) -> list[list[int]]:
     """Batched beam search over all N utterances at once (N x ``beam`` speller rows per step).
 
     Each hypothesis scores ``sum log p_LAS + lm_weight * sum log p_LM + length_bonus * length``;
@@ -63,7 +64,7 @@ def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: 
     ``length ** length_norm`` (0 = no normalization, 1 = per-character mean) and leaves the beam,
     which refills from the next best candidates. An utterance stops at its length cap
     (``max_ratio`` x its frames, at least 10; live hypotheses then count as finished) or, when
-    scores can only fall with length (no LM, no positive bonus), as soon as its best finished
+    scores can only fall with length (no positive bonus or negative LM weight), as soon as its best finished
     hypothesis beats the best any live one could still reach. Stopping after ``beam`` finished
     hypotheses instead lets a few cheap early ``<eos>`` candidates end the search too soon.
     With ``beam=1`` and no LM this is exactly :func:`greedy_decode`.
@@ -72,12 +73,27 @@ def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: 
     with a character language model; its state must support ``index_select`` reordering through
     :func:`reorder_state` (tensors or nested lists/tuples of tensors with rows first).
 
+    ``ctc_weight`` > 0 (a model trained with a CTC head, ``model.ctc_weight`` > 0) rescores each
+    utterance's finished hypotheses with the listener's CTC probability of the whole transcript
+    (hybrid CTC/attention, Watanabe et al. 2017): ``(1 - w) * score + w * log p_CTC(y | x)`` before
+    length normalization. CTC counts characters against the audio, so hypotheses that skip or
+    repeat a stretch of it (the attention decoder's typical errors) lose.
+
     Returns, per utterance, the best hypothesis's character ids without ``<sos>``/``<eos>``.
     """
     was = model.training
     model.eval()
     n, k, dev = features.size(0), beam, features.device
-    keys, values, lens = listened if listened is not None else model.listener(features, lengths)
+    if ctc_weight > 0:
+        if getattr(model.listener, "ctc", None) is None:
+            from ..errors import InputError
+            raise InputError("ctc_weight", f"{ctc_weight} for a model without a CTC head",
+                             "a model trained with model.ctc_weight > 0 (or ctc_weight 0)")
+        keys, values, lens, hidden = model.listener(features, lengths, return_hidden=True)
+        ctc_logp = model.listener.ctc(hidden).float().log_softmax(-1)         # (N, S', C)
+    else:
+        keys, values, lens = listened if listened is not None else model.listener(features, lengths)
+    ctc_lens = lens
     rows = torch.arange(n, device=dev).repeat_interleave(k)                  # (N*k,) utterance of each row
     keys, values, lens = keys[rows], values[rows], lens[rows]
     mask = frame_mask(lens, keys.size(1))
@@ -91,7 +107,7 @@ def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: 
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     lm_state = None
-    monotone = not (lm_step is not None and lm_weight) and length_bonus <= 0   # scores only fall with length
+    monotone = lm_weight >= 0 and length_bonus <= 0   # both log-probs are <= 0: scores only fall with length
     for t in range(longest):
         logits, state, _ = sp.step(prev, state, keys, values, mask)
         logp = logits.float().log_softmax(-1)                                # (N*k, C)
@@ -116,7 +132,7 @@ def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: 
                 if s > float("-inf") and (bool(is_eos[i, j]) or bool(at_cap[i])):
                     seq = history[i * k + j].tolist()
                     seq = seq[:-1] if seq[-1] == eos else seq
-                    finished[i].append((s / (len(seq) + 1) ** length_norm, seq))
+                    finished[i].append((s / (len(seq) + 1) ** length_norm, seq, s))
             done[i] = bool(at_cap[i])
         if monotone:   # stop a row once no live hypothesis can still beat its best finished one
             best_alive = alive.max(1).values / (caps.float() + 1) ** length_norm
@@ -131,7 +147,28 @@ def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: 
         if bool(done.all()):
             break
     model.train(was)
+    if ctc_weight > 0:
+        return [_ctc_rescore(f, ctc_logp[i, : int(ctc_lens[i])], ctc_weight, length_norm) if f else []
+                for i, f in enumerate(finished)]
     return [max(f)[1] if f else [] for f in finished]
+
+
+def _ctc_rescore(hyps, logp: torch.Tensor, w: float, length_norm: float) -> list[int]:
+    """Best of ``hyps`` [(normalized, ids, raw score)] under ``(1 - w) * raw + w * log p_CTC``;
+    ``logp`` (S', C) is one utterance's CTC log-probabilities (blank = id 0, ``<pad>``)."""
+    seqs = [h[1] for h in hyps]
+    h = len(seqs)
+    targets = torch.tensor([c for q in seqs for c in q] or [1], dtype=torch.long)
+    tl = torch.tensor([len(q) for q in seqs], dtype=torch.long)
+    il = torch.full((h,), logp.size(0), dtype=torch.long)
+    nll = F.ctc_loss(logp[:, None].expand(-1, h, -1).cpu(), targets, il, tl, blank=0, reduction="none",
+                     zero_infinity=False)
+    best, best_seq = float("-inf"), []
+    for (_, q, raw), ctc in zip(hyps, (-nll).tolist()):
+        score = ((1 - w) * raw + w * ctc) / (len(q) + 1) ** length_norm
+        if score > best:
+            best, best_seq = score, q
+    return best_seq if best > float("-inf") else max(hyps)[1]     # CTC finds none possible: attention alone
 
 
 def reorder_state(state, index: torch.Tensor):
