@@ -135,9 +135,9 @@ def test_las_nonfinite_steps_rewind_to_last_checkpoint_with_lower_lr(tmp_path, m
     cfg = tiny_las_config(tmp_path / "runs", epochs=1, checkpoint_every=5, max_nonfinite=2, n_plots=0)
     cfg.data.toy.n_train, cfg.data.toy.n_val = 640, 8
     cfg.model.listener_hidden = cfg.model.speller_hidden = 16
-    t = LASTrainer(cfg, run_id="nan")
     wrapped, n = poison(lt, "las_loss", {8, 9})
-    monkeypatch.setattr(lt, "las_loss", wrapped)
+    monkeypatch.setattr(lt, "las_loss", wrapped)          # before the trainer captures it in its objective
+    t = LASTrainer(cfg, run_id="nan")
     t.fit()
     run = tmp_path / "runs" / "nan"
     (rw,) = records(run, "rewind")
