@@ -307,18 +307,63 @@ def test_sortagrad_batches_go_shortest_first():
     assert maxima == sorted(maxima)
 
 
-def test_ctc_rescoring_prefers_what_the_audio_supports():
-    from lstmkit.las.decode import _ctc_rescore, beam_search
-    # CTC frames spell "a a" as [a, blank, a]: the hypothesis that repeats 'a' twice fits the audio
-    a, blank = 3, 0
-    logp = torch.full((3, 5), -9.0)
-    logp[0, a] = logp[1, blank] = logp[2, a] = 0.0
-    logp = logp.log_softmax(-1)
-    hyps = [(-0.5, [a], -1.0), (-0.9, [a, a], -2.7)]                    # attention prefers the single 'a'
-    assert _ctc_rescore(hyps, logp, 0.0, 1.0) == [a]
-    assert _ctc_rescore(hyps, logp, 0.5, 1.0) == [a, a]
+def _brute_prefix_scores(logp, blank=0):
+    """log p(transcript starts with g) for every g, by enumerating all C^S frame paths."""
+    import itertools
+    s, c = logp.shape
+    scores = {}
+    for path in itertools.product(range(c), repeat=s):
+        out = [k for j, k in enumerate(path) if k != blank and (j == 0 or path[j - 1] != k)]
+        p = float(sum(logp[t, k] for t, k in enumerate(path)))
+        for n in range(len(out) + 1):
+            key = tuple(out[:n])
+            scores[key] = float(np.logaddexp(scores.get(key, -np.inf), p))
+        full = tuple(out) + ("end",)
+        scores[full] = float(np.logaddexp(scores.get(full, -np.inf), p))
+    return scores
+
+
+def test_ctc_prefix_scores_match_brute_force_enumeration_with_padding():
+    from lstmkit.las.ctc_prefix import CTCPrefixScorer
+    torch.manual_seed(0)
+    c, eos = 4, 2                                   # ids: 0 blank, 1 sos, 2 eos, 3 'a'; brute force over all
+    logp = torch.randn(2, 5, c).log_softmax(-1)
+    lens = torch.tensor([5, 3])                     # second utterance padded by two frames
+    sc = CTCPrefixScorer(logp, lens, torch.tensor([0, 1]), blank=0, eos=eos)
+    brute = [_brute_prefix_scores(logp[0].double()), _brute_prefix_scores(logp[1, :3].double())]
+    for prefix in ([], [3], [3, 3], [3, 1], [1, 3, 1]):
+        state = sc.initial()
+        for ch in prefix:
+            ext = sc.extension_scores(state)
+            state = sc.advance(state, torch.tensor([0, 1]), torch.tensor([ch, ch]), ext)
+        ext = sc.extension_scores(state)
+        for row in range(2):
+            want = brute[row]
+            assert abs(float(state.psi[row]) - want.get(tuple(prefix), -1e10)) < 1e-6 or not prefix
+            for ch in (1, 3):
+                got, ref = float(ext[row, ch]), want.get(tuple(prefix) + (ch,), -1e10)
+                assert abs(got - ref) < 1e-6 if ref > -1e9 else got <= -1e9
+            ref_end = want.get(tuple(prefix) + ("end",), -1e10)
+            assert abs(float(ext[row, eos]) - ref_end) < 1e-6 if ref_end > -1e9 else float(ext[row, eos]) <= -1e9
+    # the whole-transcript score agrees with torch's CTC loss
+    nll = torch.nn.functional.ctc_loss(logp[:1].transpose(0, 1), torch.tensor([[3, 1]]), torch.tensor([5]),
+                                       torch.tensor([2]), blank=0, reduction="sum")
+    state = sc.initial()
+    for ch in (3, 1):
+        state = sc.advance(state, torch.tensor([0, 1]), torch.tensor([ch, ch]), sc.extension_scores(state))
+    assert abs(float(sc.extension_scores(state)[0, eos]) + float(nll)) < 1e-5
+
+
+def test_joint_ctc_beam_search_follows_a_confident_ctc_head():
+    from lstmkit.las.decode import beam_search
     m = small_model(ctc_weight=0.3)
     x, lens = torch.randn(2, 14, 40), torch.tensor([14, 9])
-    assert len(beam_search(m, x, lens, sos=1, eos=2, beam=3, ctc_weight=0.5)) == 2
+    with torch.no_grad():                    # every frame reads 'a' (id 5): CTC allows exactly "a"
+        m.listener.ctc.weight.zero_()
+        m.listener.ctc.bias.fill_(-20.0)
+        m.listener.ctc.bias[5] = 20.0
+    assert beam_search(m, x, lens, sos=1, eos=2, beam=3, ctc_weight=0.8) == [[5], [5]]
+    listened = m.listener(x, lens, return_hidden=True)
+    assert beam_search(m, x, lens, sos=1, eos=2, beam=3, ctc_weight=0.8, listened=listened) == [[5], [5]]
     with pytest.raises(InputError, match="CTC head"):
         beam_search(small_model(), x, lens, sos=1, eos=2, beam=3, ctc_weight=0.5)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
+from .ctc_prefix import CTCPrefixScorer
 from .model import LAS, frame_mask
 
 
@@ -73,28 +73,35 @@ def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: 
     with a character language model; its state must support ``index_select`` reordering through
     :func:`reorder_state` (tensors or nested lists/tuples of tensors with rows first).
 
-    ``ctc_weight`` > 0 (a model trained with a CTC head, ``model.ctc_weight`` > 0) rescores each
-    utterance's finished hypotheses with the listener's CTC probability of the whole transcript
-    (hybrid CTC/attention, Watanabe et al. 2017): ``(1 - w) * score + w * log p_CTC(y | x)`` before
-    length normalization. CTC counts characters against the audio, so hypotheses that skip or
-    repeat a stretch of it (the attention decoder's typical errors) lose.
+    ``ctc_weight`` > 0 (a model trained with a CTC head, ``model.ctc_weight`` > 0) is one-pass joint
+    CTC/attention decoding (Watanabe et al. 2017): every extension scores
+    ``(1 - w) * log p_att(c) + w * (psi(g + c) - psi(g))``, ``psi`` the listener's CTC prefix score
+    (:mod:`lstmkit.las.ctc_prefix`), so a finished hypothesis carries ``(1 - w) * attention +
+    w * log p_CTC(y | x)``. CTC counts characters against the audio: hypotheses that skip, repeat
+    or loop over a stretch of it (the attention decoder's typical errors) lose while they grow.
+    ``listened`` may then be ``model.listener(features, lengths, return_hidden=True)``.
 
     Returns, per utterance, the best hypothesis's character ids without ``<sos>``/``<eos>``.
     """
     was = model.training
     model.eval()
     n, k, dev = features.size(0), beam, features.device
+    ctc = None
     if ctc_weight > 0:
         if getattr(model.listener, "ctc", None) is None:
             from ..errors import InputError
             raise InputError("ctc_weight", f"{ctc_weight} for a model without a CTC head",
                              "a model trained with model.ctc_weight > 0 (or ctc_weight 0)")
-        keys, values, lens, hidden = model.listener(features, lengths, return_hidden=True)
+        if listened is None or len(listened) < 4:
+            listened = model.listener(features, lengths, return_hidden=True)
+        keys, values, lens, hidden = listened
         ctc_logp = model.listener.ctc(hidden).float().log_softmax(-1)         # (N, S', C)
     else:
-        keys, values, lens = listened if listened is not None else model.listener(features, lengths)
-    ctc_lens = lens
+        keys, values, lens = (listened if listened is not None else model.listener(features, lengths))[:3]
     rows = torch.arange(n, device=dev).repeat_interleave(k)                  # (N*k,) utterance of each row
+    if ctc_weight > 0:
+        ctc = CTCPrefixScorer(ctc_logp, lens, rows, blank=0, eos=eos)   # blank = <pad> (las_loss)
+        ctc_state = ctc.initial()
     keys, values, lens = keys[rows], values[rows], lens[rows]
     mask = frame_mask(lens, keys.size(1))
     sp = model.speller
@@ -114,6 +121,9 @@ def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: 
         if lm_step is not None and lm_weight:
             lm_logp, lm_state = lm_step(prev, lm_state)
             logp = logp + lm_weight * lm_logp.float()
+        if ctc is not None:
+            ext = ctc.extension_scores(ctc_state)                            # (N*k, C)
+            logp = (1 - ctc_weight) * logp + ctc_weight * (ext - ctc_state.psi[:, None]).float()
         c = logp.size(1)
         total = (score.view(-1, 1) + logp + length_bonus).view(n, k * c)
         top, idx = total.topk(k, dim=1)                                      # (N, k)
@@ -143,32 +153,13 @@ def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: 
         state = reorder_state(state, src)
         if lm_state is not None:
             lm_state = reorder_state(lm_state, src)
+        if ctc is not None:
+            ctc_state = ctc.advance(ctc_state, src, tok, ext)
         prev = tok
         if bool(done.all()):
             break
     model.train(was)
-    if ctc_weight > 0:
-        return [_ctc_rescore(f, ctc_logp[i, : int(ctc_lens[i])], ctc_weight, length_norm) if f else []
-                for i, f in enumerate(finished)]
     return [max(f)[1] if f else [] for f in finished]
-
-
-def _ctc_rescore(hyps, logp: torch.Tensor, w: float, length_norm: float) -> list[int]:
-    """Best of ``hyps`` [(normalized, ids, raw score)] under ``(1 - w) * raw + w * log p_CTC``;
-    ``logp`` (S', C) is one utterance's CTC log-probabilities (blank = id 0, ``<pad>``)."""
-    seqs = [h[1] for h in hyps]
-    h = len(seqs)
-    targets = torch.tensor([c for q in seqs for c in q] or [1], dtype=torch.long)
-    tl = torch.tensor([len(q) for q in seqs], dtype=torch.long)
-    il = torch.full((h,), logp.size(0), dtype=torch.long)
-    nll = F.ctc_loss(logp[:, None].expand(-1, h, -1).cpu(), targets, il, tl, blank=0, reduction="none",
-                     zero_infinity=False)
-    best, best_seq = float("-inf"), []
-    for (_, q, raw), ctc in zip(hyps, (-nll).tolist()):
-        score = ((1 - w) * raw + w * ctc) / (len(q) + 1) ** length_norm
-        if score > best:
-            best, best_seq = score, q
-    return best_seq if best > float("-inf") else max(hyps)[1]     # CTC finds none possible: attention alone
 
 
 def reorder_state(state, index: torch.Tensor):
