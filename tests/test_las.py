@@ -355,7 +355,7 @@ def test_ctc_prefix_scores_match_brute_force_enumeration_with_padding():
 
 
 def test_joint_ctc_beam_search_follows_a_confident_ctc_head():
-    from lstmkit.las.decode import beam_search
+    from lstmkit.las.decode import beam_search, greedy_decode
     m = small_model(ctc_weight=0.3)
     x, lens = torch.randn(2, 14, 40), torch.tensor([14, 9])
     with torch.no_grad():                    # every frame reads 'a' (id 5): CTC allows exactly "a"
@@ -365,5 +365,19 @@ def test_joint_ctc_beam_search_follows_a_confident_ctc_head():
     assert beam_search(m, x, lens, sos=1, eos=2, beam=3, ctc_weight=0.8) == [[5], [5]]
     listened = m.listener(x, lens, return_hidden=True)
     assert beam_search(m, x, lens, sos=1, eos=2, beam=3, ctc_weight=0.8, listened=listened) == [[5], [5]]
+    ids, _ = greedy_decode(m, x, lens, sos=1, eos=2, ctc_weight=0.8)
+    assert ids[:, :2].tolist() == [[5, 2], [5, 2]]
+
+
+def test_joint_ctc_beam_one_is_exactly_joint_greedy():
+    from lstmkit.las.decode import beam_search, greedy_decode
+    m = small_model(ctc_weight=0.3)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        m.speller.out.bias[2] += 1.0
+    x, lens = torch.randn(4, 12, 40), torch.tensor([12, 10, 7, 12])
+    ids, _ = greedy_decode(m, x, lens, sos=1, eos=2, ctc_weight=0.4)
+    greedy = [row[: row.index(2)] if 2 in row else row for row in ids.tolist()]
+    assert beam_search(m, x, lens, sos=1, eos=2, beam=1, ctc_weight=0.4) == greedy
     with pytest.raises(InputError, match="CTC head"):
         beam_search(small_model(), x, lens, sos=1, eos=2, beam=3, ctc_weight=0.5)

@@ -49,6 +49,7 @@ class LASTrainConfig:
     threads: int = field(default=0, metadata={"min": 0})
     runs_dir: str = "runs"
     n_plots: int = field(default=10, metadata={"min": 0})
+    val_ctc_weight: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})  # joint CTC greedy in validation
     max_nonfinite: int = field(default=5, metadata={"min": 1})          # skipped steps in a row before a rewind
     nonfinite_lr_factor: float = field(default=0.5, metadata={"min": 0.0, "min_open": True, "max": 1.0})
     max_rewinds: int = field(default=3, metadata={"min": 0})

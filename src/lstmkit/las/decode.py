@@ -18,30 +18,60 @@ def length_caps(lengths: torch.Tensor, max_ratio: float, max_len: int | None, de
     return caps, min(max_len, longest) if max_len else longest
 
 
+def listen(model: LAS, features: torch.Tensor, lengths: torch.Tensor, listened=None, ctc_weight: float = 0.0):
+    """-> keys, values, lengths, CTC log-probabilities (N, S', C) or None (``ctc_weight`` 0).
+
+    ``listened`` = ``model.listener(features, lengths[, return_hidden=True])`` when the caller
+    already has it (with the hidden states when ``ctc_weight`` > 0, else the listener runs again)."""
+    if ctc_weight <= 0:
+        keys, values, lens = (listened if listened is not None else model.listener(features, lengths))[:3]
+        return keys, values, lens, None
+    if getattr(model.listener, "ctc", None) is None:
+        from ..errors import InputError
+        raise InputError("ctc_weight", f"{ctc_weight} for a model without a CTC head",
+                         "a model trained with model.ctc_weight > 0 (or ctc_weight 0)")
+    if listened is None or len(listened) < 4:
+        listened = model.listener(features, lengths, return_hidden=True)
+    keys, values, lens, hidden = listened
+    return keys, values, lens, model.listener.ctc(hidden).float().log_softmax(-1)
+
+
 @torch.no_grad()
 def greedy_decode(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: int, eos: int,
-                  max_len: int | None = None, max_ratio: float = 1.0, listened=None):
+                  max_len: int | None = None, max_ratio: float = 1.0, listened=None, ctc_weight: float = 0.0):
     """-> ids (N, L) (positions after ``<eos>`` hold ``eos``), attentions (N, L, S').
 
     Each utterance stops at ``<eos>`` or after ``max_ratio`` x its own number of input frames
     (at least 10) characters, and none runs past ``max_len``: a model that loops on one utterance
     cannot fill the rest of the batch with a transcript longer than its audio allows.
     ``listened`` = ``model.listener(features, lengths)`` when the caller already has it.
+    ``ctc_weight`` > 0: each step takes the argmax of ``(1 - w) * log p_att + w * CTC prefix
+    gain`` (joint CTC/attention decoding with one hypothesis, see :func:`beam_search`).
     """
     was = model.training
     model.eval()
-    keys, values, lens = listened if listened is not None else model.listener(features, lengths)
+    keys, values, lens, ctc_logp = listen(model, features, lengths, listened, ctc_weight)
     mask = frame_mask(lens, keys.size(1))
     sp = model.speller
     state = sp.init_state(keys, values, mask)
     n = features.size(0)
+    rows = torch.arange(n, device=features.device)
+    ctc = CTCPrefixScorer(ctc_logp, lens, rows, blank=0, eos=eos) if ctc_logp is not None else None
+    ctc_state = ctc.initial() if ctc is not None else None
     caps, max_len = length_caps(lengths, max_ratio, max_len, features.device)
     prev = torch.full((n,), sos, dtype=torch.long, device=features.device)
     done = torch.zeros(n, dtype=torch.bool, device=features.device)
     ids, atts = [], []
     for t in range(max_len):
         logits, state, w = sp.step(prev, state, keys, values, mask)
-        nxt = logits.argmax(-1).masked_fill(done, eos)
+        if ctc is not None:
+            ext = ctc.extension_scores(ctc_state)
+            joint = (1 - ctc_weight) * logits.float().log_softmax(-1) + ctc_weight * (ext - ctc_state.psi[:, None]).float()
+            nxt = joint.argmax(-1)
+            ctc_state = ctc.advance(ctc_state, rows, nxt, ext)
+        else:
+            nxt = logits.argmax(-1)
+        nxt = nxt.masked_fill(done, eos)
         ids.append(nxt)
         atts.append(w)
         done |= (nxt == eos) | (t + 1 >= caps)
@@ -86,20 +116,10 @@ def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: 
     was = model.training
     model.eval()
     n, k, dev = features.size(0), beam, features.device
+    keys, values, lens, ctc_logp = listen(model, features, lengths, listened, ctc_weight)
     ctc = None
-    if ctc_weight > 0:
-        if getattr(model.listener, "ctc", None) is None:
-            from ..errors import InputError
-            raise InputError("ctc_weight", f"{ctc_weight} for a model without a CTC head",
-                             "a model trained with model.ctc_weight > 0 (or ctc_weight 0)")
-        if listened is None or len(listened) < 4:
-            listened = model.listener(features, lengths, return_hidden=True)
-        keys, values, lens, hidden = listened
-        ctc_logp = model.listener.ctc(hidden).float().log_softmax(-1)         # (N, S', C)
-    else:
-        keys, values, lens = (listened if listened is not None else model.listener(features, lengths))[:3]
     rows = torch.arange(n, device=dev).repeat_interleave(k)                  # (N*k,) utterance of each row
-    if ctc_weight > 0:
+    if ctc_logp is not None:
         ctc = CTCPrefixScorer(ctc_logp, lens, rows, blank=0, eos=eos)   # blank = <pad> (las_loss)
         ctc_state = ctc.initial()
     keys, values, lens = keys[rows], values[rows], lens[rows]

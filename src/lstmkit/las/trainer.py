@@ -159,14 +159,16 @@ class LASTrainer(RewindOnNonFinite):
         ds, v = self.val_set, self.vocab
         order = length_buckets([0] * len(ds), self.config.data.batch_size, None)
         refs, hyps, free_atts, tf_atts, spans, losses = [], [], [], [], [], []
+        w_ctc = self.config.train.val_ctc_weight
         self.model.eval()
         with self.runtime.autocast():
             for idx in order:
                 x, lens, inp, tgt = self._batch(ds, idx)
-                listened = self.model.listener(x, lens)
-                logits, att = self.model(x, lens, inp, listened=listened)
+                listened = self.model.listener(x, lens, return_hidden=w_ctc > 0)
+                logits, att = self.model(x, lens, inp, listened=listened[:3])
                 losses.append(float(sequence_loss(logits, tgt, v.pad)) * int((tgt != v.pad).sum()))
-                ids, fatt = greedy_decode(self.model, x, lens, v.sos, v.eos, max_ratio=1.0, listened=listened)
+                ids, fatt = greedy_decode(self.model, x, lens, v.sos, v.eos, max_ratio=1.0, listened=listened,
+                                          ctc_weight=w_ctc)
                 for k, i in enumerate(idx):
                     u = ds.utts[i]
                     hyp = v.decode(ids[k].tolist())
