@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lstmkit.errors import InputError
-from lstmkit.lm.cache import NeuralCache, cache_grid, cache_loss, stream_states
+from lstmkit.lm.cache import NeuralCache, cache_grid, cache_loss, cache_losses, stream_states
 from lstmkit.lm.dynamic_eval import DynamicEvalConfig, dynamic_eval_loss, gradient_rms
 from lstmkit.lm.evaluate import stream_loss
 from lstmkit.lm.model import AWDLSTM, AWDLSTMConfig
@@ -59,6 +59,9 @@ def test_cache_without_weight_is_the_model_and_helps_on_repeated_text():
     # target_logprob agrees with the model's loss
     total = -sum(float(lp.sum()) for _, _, lp in stream_states(m, s, 1, 20)) / (len(s) - 1)
     assert total == pytest.approx(base, rel=1e-5)
+    both = cache_losses(m, s, 100, 0.5, 0.3, bptt=20)           # one pass: the model's loss and the cache's
+    assert both["loss"] == pytest.approx(base, rel=1e-5)
+    assert both["cache_loss"] == pytest.approx(cache_loss(m, s, 100, 0.5, 0.3, bptt=20), rel=1e-9)
     grid = cache_grid(m, s, [0.0, 0.5], [0.0, 0.5], window=100, bptt=20)
     assert len(grid) == 4
     for r in grid:

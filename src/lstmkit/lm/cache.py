@@ -23,30 +23,17 @@ import numpy as np
 import torch
 
 from ..core.device import Runtime
-from .data import batchify
+from .evaluate import stream_windows
 from .model import AWDLSTM
 
 
 @torch.no_grad()
 def stream_states(model: AWDLSTM, stream: np.ndarray, batch_size: int = 1, bptt: int = 70,
                   runtime: Runtime | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Walk a stream like :func:`lstmkit.lm.evaluate.stream_loss`; per window yield
+    """:func:`lstmkit.lm.evaluate.stream_windows` plus the model's own probabilities: per window
     ``(h (N, T, H) fp32 last-layer outputs, targets (N, T), log p_model(target) (N, T) fp32)``."""
-    was = model.training
-    model.eval()
-    rows = batchify(stream, batch_size).to(next(model.parameters()).device)
-    hidden = None
-    ctx = runtime.autocast() if runtime else torch.autocast("cpu", enabled=False)
-    try:
-        for i in range(0, rows.size(1) - 1, bptt):
-            y = rows[:, i + 1: i + 1 + bptt]
-            x = rows[:, i: i + y.size(1)]
-            with ctx:
-                h, _, hidden = model.features(x, hidden)
-                logp = model.target_logprob(h, y)
-            yield h.float(), y, logp.float()
-    finally:
-        model.train(was)
+    for h, y in stream_windows(model, stream, batch_size, bptt, runtime):
+        yield h.float(), y, model.target_logprob(h, y).float()
 
 
 class NeuralCache:
@@ -98,17 +85,27 @@ def mix(logp_model: torch.Tensor, logp_cache: torch.Tensor, lam: float) -> torch
     return torch.where(torch.isnan(logp_cache), logp_model, mixed)
 
 
+@torch.no_grad()
+def cache_losses(model: AWDLSTM, stream: np.ndarray, window: int = 3785, theta: float = 0.6625, lam: float = 0.1279,
+                 batch_size: int = 1, bptt: int = 70, runtime: Runtime | None = None) -> dict:
+    """One pass over the stream -> ``{"loss": model alone, "cache_loss": model + cache}``, mean NLL
+    per token (nats); perplexity = exp(value)."""
+    cache = NeuralCache(window, theta, lam)
+    total, base, count = 0.0, 0.0, 0
+    for h, y, logp in stream_states(model, stream, batch_size, bptt, runtime):
+        total -= float(cache(h, y, logp).sum())
+        base -= float(logp.sum())
+        count += y.numel()
+    return {"loss": base / max(count, 1), "cache_loss": total / max(count, 1)}
+
+
 def cache_loss(model: AWDLSTM, stream: np.ndarray, window: int = 3785, theta: float = 0.6625, lam: float = 0.1279,
                batch_size: int = 1, bptt: int = 70, runtime: Runtime | None = None) -> float:
     """Mean NLL per token (nats) of the stream under model + cache; perplexity = exp(result)."""
-    cache = NeuralCache(window, theta, lam)
-    total, count = 0.0, 0
-    for h, y, logp in stream_states(model, stream, batch_size, bptt, runtime):
-        total -= float(cache(h, y, logp).sum())
-        count += y.numel()
-    return total / max(count, 1)
+    return cache_losses(model, stream, window, theta, lam, batch_size, bptt, runtime)["cache_loss"]
 
 
+@torch.no_grad()
 def cache_grid(model: AWDLSTM, stream: np.ndarray, thetas: Sequence[float], lams: Sequence[float],
                window: int = 3785, batch_size: int = 1, bptt: int = 70, runtime: Runtime | None = None) -> list[dict]:
     """NLL for every (theta, lambda) pair, running the model once: ``[{"theta", "lambda", "loss"}]``."""

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -21,27 +22,40 @@ from .model import AWDLSTM
 
 
 @torch.no_grad()
+def stream_windows(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bptt: int = 70,
+                   runtime: Runtime | None = None, dist=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Walk a continuous stream in eval mode, ``bptt`` tokens at a time, carrying the hidden state:
+    per window yield ``(h (N, T, H) last-layer outputs, targets (N, T))``, each yield inside the
+    runtime's autocast (the caller's work on the window runs under it too).
+
+    ``dist`` (a :class:`lstmkit.core.distributed.Dist`): this rank walks its share of the rows."""
+    was = model.training
+    model.eval()
+    rows = batchify(stream, batch_size).to(next(model.parameters()).device)
+    if dist is not None and dist.enabled:
+        rows = rows[np.array_split(np.arange(rows.size(0)), dist.world)[dist.rank]]
+    hidden = None
+    try:
+        for i in range(0, rows.size(1) - 1 if rows.size(0) else 0, bptt):
+            y = rows[:, i + 1: i + 1 + bptt]
+            x = rows[:, i: i + y.size(1)]
+            with runtime.autocast() if runtime else torch.autocast("cpu", enabled=False):
+                h, _, hidden = model.features(x, hidden)
+                yield h, y
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
 def stream_loss(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bptt: int = 70,
                 runtime: Runtime | None = None, dist=None) -> float:
     """Mean NLL per token (nats) over a continuous stream; perplexity = exp(result).
     ``dist`` (a :class:`lstmkit.core.distributed.Dist`): each rank scores a share of the rows and
     the sums are all-reduced, so every rank returns the same value."""
-    was_training = model.training
-    model.eval()
-    rows = batchify(stream, batch_size).to(next(model.parameters()).device)
-    if dist is not None and dist.enabled:
-        rows = rows[np.array_split(np.arange(rows.size(0)), dist.world)[dist.rank]]
-    hidden, total, count = None, 0.0, 0
-    ctx = runtime.autocast() if runtime else torch.autocast("cpu", enabled=False)
-    with ctx:
-        for i in range(0, rows.size(1) - 1 if rows.size(0) else 0, bptt):
-            x = rows[:, i: i + bptt]
-            y = rows[:, i + 1: i + 1 + bptt]
-            x = x[:, : y.size(1)]
-            dropped, _, hidden = model.features(x, hidden)
-            total += float(model.loss(dropped, y)) * y.numel()
-            count += y.numel()
-    model.train(was_training)
+    total, count = 0.0, 0
+    for h, y in stream_windows(model, stream, batch_size, bptt, runtime, dist):
+        total += float(model.loss(h, y)) * y.numel()
+        count += y.numel()
     if dist is not None and dist.enabled:
         from ..core.distributed import all_sum
         total, count = all_sum([total, count], dist)
