@@ -105,6 +105,27 @@ def test_fsdd_digit_strings_official_and_held_out_speaker(small_fsdd, tmp_path):
     assert not any(u.id.endswith("-theo") for u in read_split(tmp_path / "spk" / "train", 40))
     with pytest.raises(InputError, match="--held-out"):
         prepare_fsdd(small_fsdd, tmp_path / "bad", "speaker", held_out="alice")
+    # speed perturbation changes only the training audio; transcripts and validation stay the same
+    prepare_fsdd(small_fsdd, tmp_path / "fast", "speaker", held_out="theo", n_train=5, n_val=3, seed=1, speed_perturb=0.2)
+    for name in ("train", "val"):
+        a, b = read_split(tmp_path / "spk" / name, 40), read_split(tmp_path / "fast" / name, 40)
+        assert [u.text for u in a] == [u.text for u in b]
+        same = [u.features.shape == v.features.shape and np.allclose(u.features, v.features) for u, v in zip(a, b)]
+        assert all(same) if name == "val" else not any(same)
+    with pytest.raises(InputError, match="--speed-perturb"):
+        prepare_fsdd(small_fsdd, tmp_path / "bad2", "speaker", speed_perturb=0.9)
+
+
+def test_speed_perturbation_raises_pitch_and_shortens():
+    from lstmkit.las.features import speed_perturb
+    x = tone(1.0, 8000, 440.0)
+    y = speed_perturb(x, 1.25)
+    assert y.size == 6400
+    peak = np.argmax(np.abs(np.fft.rfft(y))) * 8000 / y.size
+    assert abs(peak - 550.0) < 5
+    assert speed_perturb(x, 1.0) is x
+    with pytest.raises(InputError, match="speed factor"):
+        speed_perturb(x, 3.0)
 
 
 @needs_shared

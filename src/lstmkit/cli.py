@@ -158,7 +158,8 @@ def las_prepare(args) -> int:
         raise InputError(str(args.data_in), "folder not found", "the corpus folder to prepare")
     if args.recipe == "fsdd":
         cfg = FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 8000, hop_ms=args.hop_ms)
-        counts = prepare_fsdd(args.data_in, out, args.split, args.held_out, args.n_train, args.n_val, args.seed, cfg)
+        counts = prepare_fsdd(args.data_in, out, args.split, args.held_out, args.n_train, args.n_val, args.seed, cfg,
+                              speed_perturb=args.speed_perturb)
     elif args.recipe == "librispeech-mini":
         counts = prepare_librispeech_mini(args.data_in, out, pool_to=args.bands if args.bands != 80 else None)
     else:
@@ -330,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lm", help="shallow fusion with this character-level LM run folder (lstmkit lm train, data.unit = \"char\")")
     d.add_argument("--lm-weight", type=float, default=0.3, help="lambda: score = log p_LAS + lambda * log p_LM")
     d.add_argument("--length-bonus", type=float, default=0.0, help="added to the score per emitted character")
-    d.add_argument("--ctc-weight", type=float, default=0.0, help="rescore the beam's hypotheses with the listener's "
-                                                                   "CTC head: (1-w) attention + w CTC (models with model.ctc_weight > 0)")
+    d.add_argument("--ctc-weight", type=float, default=0.0, help="joint CTC/attention decoding: score = (1-w) attention "
+                                                                   "+ w CTC prefix score (models with model.ctc_weight > 0)")
     d.set_defaults(func=las_decode)
 
     pr = las.add_parser("prepare", help="wav corpus / FSDD / LibriSpeech-mini -> LAS data folders (feats + transcripts)")
@@ -343,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--n-train", type=int, default=3000, help="fsdd: digit-string training utterances")
     pr.add_argument("--n-val", type=int, default=300, help="fsdd: digit-string validation utterances")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--speed-perturb", type=float, default=0.0,
+                    help="fsdd: play each training utterance at a random speed in 1 +- this (pitch, formants and "
+                         "tempo change together, Ko et al. 2015); 0 = off")
     pr.add_argument("--bands", type=int, default=40, help="mel bands (librispeech-mini: pool 80 -> this)")
     pr.add_argument("--hop-ms", type=float, default=10.0, help="frame shift (window stays 25 ms)")
     pr.add_argument("--sample-rate", type=int, help="resample audio to this rate (fsdd default 8000, folder 16000)")

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from .data import Utterance, write_split
-from .features import FeatureConfig, cmvn, log_mel, read_wav, wav_features
+from .features import FeatureConfig, cmvn, log_mel, read_wav, speed_perturb, wav_features
 
 DIGITS = "zero one two three four five six seven eight nine".split()
 _FSDD_NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
@@ -61,8 +61,11 @@ def fsdd_recordings(folder: str | Path) -> list[tuple[int, str, int, Path]]:
 
 
 def digit_strings(pool, n: int, rng: np.random.Generator, prefix: str, cfg: FeatureConfig,
-                  min_digits: int = 3, max_digits: int = 7, silence_s=(0.05, 0.3)) -> list[Utterance]:
-    """``n`` utterances, each 3-7 random recordings of one speaker from ``pool`` joined by silences."""
+                  min_digits: int = 3, max_digits: int = 7, silence_s=(0.05, 0.3), speed: float = 0.0,
+                  speed_rng: np.random.Generator | None = None) -> list[Utterance]:
+    """``n`` utterances, each 3-7 random recordings of one speaker from ``pool`` joined by silences;
+    ``speed`` > 0 plays each at a random speed in ``1 +- speed`` (:func:`speed_perturb`), drawn
+    from ``speed_rng`` so that transcripts and recordings do not depend on it."""
     by_speaker: dict[str, list] = {}
     for rec in pool:
         by_speaker.setdefault(rec[1], []).append(rec)
@@ -82,19 +85,25 @@ def digit_strings(pool, n: int, rng: np.random.Generator, prefix: str, cfg: Feat
         gap = np.zeros(int(rng.uniform(*silence_s) * rate), np.float32)
         pieces.append(gap + 1e-3 * rng.standard_normal(gap.size).astype(np.float32))
         text = " ".join(DIGITS[d] for d, _, _, _ in recs)
-        utts.append(Utterance(f"{prefix}-{i:05d}-{spk}", log_mel(np.concatenate(pieces), rate, cfg), text, None))
+        audio = np.concatenate(pieces)
+        if speed > 0:
+            audio = speed_perturb(audio, float((speed_rng or rng).uniform(1 - speed, 1 + speed)))
+        utts.append(Utterance(f"{prefix}-{i:05d}-{spk}", log_mel(audio, rate, cfg), text, None))
     return utts
 
 
 def prepare_fsdd(src: str | Path, out: str | Path, split: str = "official", held_out: str = "theo",
                  n_train: int = 3000, n_val: int = 300, seed: int = 0,
-                 cfg: FeatureConfig | None = None) -> dict[str, int]:
+                 cfg: FeatureConfig | None = None, speed_perturb: float = 0.0) -> dict[str, int]:
     """Digit-string utterances from FSDD -> ``out/train`` and ``out/val``.
 
     ``official``: recordings with take index 0-4 build the validation utterances, 5-49 the
     training ones (every speaker in both). ``speaker``: ``held_out``'s recordings build the
-    validation utterances, the other five speakers' the training ones.
+    validation utterances, the other five speakers' the training ones. ``speed_perturb`` > 0
+    plays every *training* utterance at a random speed in ``1 +- speed_perturb``.
     """
+    if not 0.0 <= speed_perturb <= 0.5:
+        raise InputError("--speed-perturb", f"{speed_perturb}", "between 0 and 0.5")
     cfg = cfg or FeatureConfig(sample_rate=8000)
     recs = fsdd_recordings(src)
     if split == "official":
@@ -111,7 +120,9 @@ def prepare_fsdd(src: str | Path, out: str | Path, split: str = "official", held
     rng = np.random.default_rng(seed)
     counts = {}
     for name, pool, n in (("train", train, n_train), ("val", val, n_val)):
-        write_split(Path(out) / name, digit_strings(pool, n, rng, name, cfg))
+        speed = speed_perturb if name == "train" else 0.0
+        utts = digit_strings(pool, n, rng, name, cfg, speed=speed, speed_rng=np.random.default_rng([seed, 1]))
+        write_split(Path(out) / name, utts)
         counts[name] = n
     return counts
 
