@@ -381,3 +381,14 @@ def test_joint_ctc_beam_one_is_exactly_joint_greedy():
     assert beam_search(m, x, lens, sos=1, eos=2, beam=1, ctc_weight=0.4) == greedy
     with pytest.raises(InputError, match="CTC head"):
         beam_search(small_model(), x, lens, sos=1, eos=2, beam=3, ctc_weight=0.5)
+
+
+def test_validation_every_k_epochs_with_joint_ctc_greedy(tmp_path):
+    cfg = from_dict(LASRunConfig, {
+        "model": {"listener_hidden": 16, "key_size": 8, "embed_size": 8, "speller_hidden": 16, "ctc_weight": 0.3},
+        "data": {"batch_size": 8, "toy": {"n_train": 16, "n_val": 4, "min_chars": 4, "max_chars": 6, "seed": 1}},
+        "train": {"epochs": 5, "runs_dir": str(tmp_path), "val_every_epochs": 2, "val_ctc_weight": 0.5, "n_plots": 2}})
+    trainer = LASTrainer(cfg, run_id="every")
+    trainer.fit()
+    assert [r["epoch"] for r in trainer.history] == [2, 4, 5]      # every 2nd epoch and the last
+    assert all(np.isfinite(r["cer"]) for r in trainer.history)

@@ -111,7 +111,7 @@ def test_fsdd_digit_strings_official_and_held_out_speaker(small_fsdd, tmp_path):
         a, b = read_split(tmp_path / "spk" / name, 40), read_split(tmp_path / "fast" / name, 40)
         assert [u.text for u in a] == [u.text for u in b]
         same = [u.features.shape == v.features.shape and np.allclose(u.features, v.features) for u, v in zip(a, b)]
-        assert all(same) if name == "val" else not any(same)
+        assert all(same) if name == "val" else sum(same) <= 1     # a factor within 0.5% of 1 keeps the audio
     with pytest.raises(InputError, match="--speed-perturb"):
         prepare_fsdd(small_fsdd, tmp_path / "bad2", "speaker", speed_perturb=0.9)
 

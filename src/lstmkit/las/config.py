@@ -43,6 +43,7 @@ class LASTrainConfig:
     epochs: int = field(default=20, metadata={"min": 1})
     max_minutes: float | None = field(default=None, metadata={"min": 0.0, "min_open": True})
     evals_per_epoch: int = field(default=1, metadata={"min": 1})
+    val_every_epochs: int = field(default=1, metadata={"min": 1})      # >1: validate (and save) every k-th epoch only
     seed: int = 0
     device: str = "auto"
     precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16")})

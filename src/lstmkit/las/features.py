@@ -54,7 +54,7 @@ def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
 def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
     """Play ``x`` ``factor`` times faster (Ko et al. 2015): resample by 1/``factor`` and keep the
     rate, so duration, pitch and formants all change - a cheap stand-in for another speaker.
-    ``factor`` is rounded to a ratio with denominator <= 50.
+    ``factor`` is rounded to a ratio with denominator <= 200.
 
     >>> speed_perturb(np.zeros(1100, np.float32), 1.1).size
     1000
@@ -63,7 +63,7 @@ def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
     from scipy.signal import resample_poly
     if not 0.5 <= factor <= 2.0:
         raise InputError("speed factor", f"{factor}", "between 0.5 and 2")
-    r = Fraction(factor).limit_denominator(50)
+    r = Fraction(factor).limit_denominator(200)
     if r == 1:
         return x
     return resample_poly(x, r.denominator, r.numerator).astype(np.float32)

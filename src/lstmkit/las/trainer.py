@@ -276,7 +276,9 @@ class LASTrainer(RewindOnNonFinite):
                 except Rewind as r:
                     self.rewind(r.step)
                     continue
-                self.validate(loss)
+                every = self.config.train.val_every_epochs
+                if self.stopped or self.epoch % every == 0 or self.epoch >= self.config.train.epochs:
+                    self.validate(loss)
         return self.history[-1] if self.history else {}
 
 
