@@ -43,12 +43,12 @@ def test_lm_two_ranks_equal_one_process_and_resume_on_another_world_size(tmp_pat
         # float sums in another order drift apart slowly at lr 10: equal to 1e-4 for the first 30 steps
         assert a["step"] == b["step"] and b["step_loss"] == pytest.approx(a["step_loss"], rel=1e-4 if k < 6 else 5e-2)
     v1, v2 = records(runs / "one", "valid")[0], records(runs / "two", "valid")[0]
-    assert v2["val_loss"] == pytest.approx(v1["val_loss"], rel=2e-2)
+    assert v2["val_loss"] == pytest.approx(v1["val_loss"], rel=5e-2)       # the same drift as the steps
     # the 2-rank checkpoint (all 8 streams' hidden state gathered on rank 0) resumes in one process
     run(ONE + ["lm", "train", "--resume", str(runs / "two"), "--epochs", "2"])
     e1, e2 = records(runs / "one", "epoch"), records(runs / "two", "epoch")
     assert [r["epoch"] for r in e2] == [1, 2]
-    assert e2[-1]["val_loss"] == pytest.approx(e1[-1]["val_loss"], rel=2e-2)
+    assert e2[-1]["val_loss"] == pytest.approx(e1[-1]["val_loss"], rel=5e-2)
     assert sorted(p.name for p in runs.iterdir()) == ["one", "two"]       # rank 1 made no folder of its own
 
 
@@ -60,7 +60,7 @@ def test_las_two_ranks_equal_one_process_and_resume_distributed(tmp_path):
             "--set", "data.toy.n_train=64", "--set", "data.toy.n_val=8", "--set", "data.toy.min_chars=4",
             "--set", "data.toy.max_chars=8", "--set", 'train.precision="fp32"', "--set", "train.threads=1",
             "--set", "train.log_every=1", "--set", "optim.tf_floor=1.0", "--set", "model.ctc_weight=0.3",
-            "--set", "optim.lr=0.003"]
+            "--set", "optim.lr=0.003", "--set", "model.dropout_p=0.0"]
     run(TORCHRUN + ["las", "train", "--runs-dir", str(runs), "--run-id", "two", "--epochs", "1"] + sets)
     run(ONE + ["las", "train", "--runs-dir", str(runs), "--run-id", "one", "--epochs", "2"] + sets)
     one, two = records(runs / "one", "train"), records(runs / "two", "train")
