@@ -186,6 +186,9 @@ def las_decode(args) -> int:
     if args.beam < 1:
         raise InputError("--beam", f"found {args.beam}", "a beam width >= 1")
     model, vocab = load_las(args.run, args.checkpoint)
+    if args.ctc_weight is None:
+        from .las.trainer import run_ctc_weight
+        args.ctc_weight = run_ctc_weight(args.run)
     if args.window is not None:
         model.speller.window = args.window
     ds = SpeechDataset.from_folder(args.data, vocab, model.config.n_bands, allow_empty=True)
@@ -331,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lm", help="shallow fusion with this character-level LM run folder (lstmkit lm train, data.unit = \"char\")")
     d.add_argument("--lm-weight", type=float, default=0.3, help="lambda: score = log p_LAS + lambda * log p_LM")
     d.add_argument("--length-bonus", type=float, default=0.0, help="added to the score per emitted character")
-    d.add_argument("--ctc-weight", type=float, default=0.0, help="joint CTC/attention decoding: score = (1-w) attention "
-                                                                   "+ w CTC prefix score (models with model.ctc_weight > 0)")
+    d.add_argument("--ctc-weight", type=float, help="joint CTC/attention decoding: score = (1-w) attention + w CTC prefix "
+                                                     "score (default: the run's train.val_ctc_weight; 0 = attention alone)")
     d.set_defaults(func=las_decode)
 
     pr = las.add_parser("prepare", help="wav corpus / FSDD / LibriSpeech-mini -> LAS data folders (feats + transcripts)")

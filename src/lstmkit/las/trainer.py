@@ -282,6 +282,12 @@ class LASTrainer(RewindOnNonFinite):
         return self.history[-1] if self.history else {}
 
 
+def run_ctc_weight(run_dir: str | Path) -> float:
+    """The joint CTC weight a run validated with (``train.val_ctc_weight``); 0 without a CTC head."""
+    cfg = load_toml(LASRunConfig, RunFolder.open(run_dir).path / "config.toml")
+    return cfg.train.val_ctc_weight if cfg.model.ctc_weight > 0 else 0.0
+
+
 def load_las(run_dir: str | Path, which: str = "best") -> tuple[LAS, CharVocabulary]:
     """Trained model (CPU, eval mode) and its character vocabulary from a run folder."""
     run = RunFolder.open(run_dir)
