@@ -394,3 +394,21 @@ def test_validation_every_k_epochs_with_joint_ctc_greedy(tmp_path):
     assert all(np.isfinite(r["cer"]) for r in trainer.history)
     from lstmkit.las.trainer import run_ctc_weight
     assert run_ctc_weight(tmp_path / "every") == 0.5              # `las decode` decodes as the run validated
+
+
+def test_weight_averaging_validates_and_keeps_the_averaged_weights_as_best(tmp_path):
+    cfg = from_dict(LASRunConfig, {
+        "model": {"listener_hidden": 16, "key_size": 8, "embed_size": 8, "speller_hidden": 16},
+        "data": {"batch_size": 8, "toy": {"n_train": 32, "n_val": 4, "min_chars": 4, "max_chars": 6, "seed": 1}},
+        "optim": {"ema_decay": 0.9, "lr": 0.01},
+        "train": {"epochs": 1, "runs_dir": str(tmp_path), "n_plots": 1}})
+    trainer = LASTrainer(cfg, run_id="ema")
+    trainer.fit()
+    assert int(trainer.averaged.n_averaged) == trainer.step == 4
+    avg, raw = trainer.averaged.module.state_dict(), trainer.model.state_dict()
+    assert any(not torch.equal(avg[k], raw[k]) for k in raw)               # a real average, not a copy
+    model, _ = load_las(tmp_path / "ema", "best")                          # one validation: best = the average
+    assert all(torch.equal(model.state_dict()[k], avg[k].cpu()) for k in avg)
+    last, _ = load_las(tmp_path / "ema", "last")                           # last = the raw weights (resume)
+    assert all(torch.equal(last.state_dict()[k], raw[k].cpu()) for k in raw)
+    assert trainer.eval_model is trainer.averaged.module

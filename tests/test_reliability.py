@@ -90,10 +90,12 @@ def test_las_kill_9_mid_epoch_then_resume_matches_uninterrupted_run_bit_for_bit(
     cfg.data.toy.n_train, cfg.data.toy.n_val = 1600, 16
     cfg.optim.tf_floor, cfg.optim.tf_decay = 0.5, 0.5        # scheduled sampling draws: RNG must resume too
     cfg.model.dropout_p = 0.2
+    cfg.optim.ema_decay = 0.95                                # validation on averaged weights: they must resume too
     full_run, run, at = kill_resume_and_compare(tmp_path, "las", cfg, 60)
     steps_per_epoch = 1600 // 32
     assert steps_per_epoch < at < 2 * steps_per_epoch                     # inside the second epoch
-    assert records(run, "valid")[-1]["cer"] == records(full_run, "valid")[-1]["cer"]
+    a, b = records(run, "valid")[-1], records(full_run, "valid")[-1]
+    assert a["cer"] == b["cer"] and a["val_loss"] == b["val_loss"]
 
 
 def poison(trainer, attr, calls):

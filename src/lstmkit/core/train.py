@@ -50,6 +50,25 @@ def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optim
     return StepResult(value, norm, False)
 
 
+def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s parameters (Polyak averaging with forgetting),
+    as a :class:`torch.optim.swa_utils.AveragedModel`: call ``.update_parameters(model)`` after each
+    optimizer step and evaluate ``.module``. The decay warms up as ``min(decay, (1 + n) / (10 + n))``
+    after n updates, so early validations average recent steps instead of the initial weights.
+
+    >>> m = torch.nn.Linear(1, 1, bias=False)
+    >>> avg = weight_average(m, 0.5)
+    >>> for w in (0.0, 1.0):
+    ...     _ = m.weight.data.fill_(w); avg.update_parameters(m)
+    >>> round(avg.module.weight.item(), 3)   # first update copies, then decay min(0.5, 2/11)
+    0.818
+    """
+    def update(averaged, current, n):
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update)
+
+
 class Rewind(Exception):
     """Raised by a trainer after too many non-finite steps in a row: its ``fit`` loop reloads the
     last checkpoint and continues with a lower learning rate."""

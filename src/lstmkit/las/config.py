@@ -36,6 +36,7 @@ class LASOptimConfig:
     tf_start: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})    # teacher forcing rate, epoch 1
     tf_floor: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})    # lowest rate
     tf_decay: float = field(default=0.02, metadata={"min": 0.0})                # drop per epoch
+    ema_decay: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})  # weight averaging; 0 = off
 
 
 @dataclass

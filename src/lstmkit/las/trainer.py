@@ -26,7 +26,7 @@ from ..core.device import pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, init_distributed, wrap
 from ..core.plots import plot_attention, plot_curves, plot_features
 from ..core.runs import RunFolder
-from ..core.train import Rewind, RewindOnNonFinite, StopFlag, train_step
+from ..core.train import Rewind, RewindOnNonFinite, StopFlag, train_step, weight_average
 from ..errors import InputError
 from .config import LASRunConfig, learning_rate, teacher_forcing_rate
 from .data import CharVocabulary, SpeechDataset, Utterance, collate, length_buckets, read_split, speed_perturb
@@ -64,6 +64,8 @@ class LASTrainer(RewindOnNonFinite):
         self.val_set = SpeechDataset(val, self.vocab, f"{cfg.data.path or 'toy'}/{cfg.data.val_split}")
         self.model = LAS(cfg.model).to(self.runtime.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        # optim.ema_decay > 0: validation, plots and the best checkpoint use averaged weights
+        self.averaged = weight_average(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         self.objective = wrap(Objective(self.model, las_loss), self.dist, find_unused=True)
         if run is not None and not self.dist.main:
             run = RunFolder(run.path, readonly=True)
@@ -129,6 +131,8 @@ class LASTrainer(RewindOnNonFinite):
                 self._on_nonfinite(res)
             else:
                 self.nonfinite = 0
+                if self.averaged is not None:
+                    self.averaged.update_parameters(self.model)
                 total, count = total + res.loss, count + 1
             if cfg.train.log_every and self.step % cfg.train.log_every == 0:
                 self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
@@ -153,6 +157,11 @@ class LASTrainer(RewindOnNonFinite):
         return total / max(count, 1)
 
     # ------------------------------------------------------------------------------ validation
+    @property
+    def eval_model(self) -> LAS:
+        """The weights validation uses: the running average when ``optim.ema_decay`` > 0."""
+        return self.averaged.module if self.averaged is not None and self.averaged.n_averaged > 0 else self.model
+
     @torch.no_grad()
     def evaluate(self, n_plots: int = 0) -> dict:
         """Free-running CER/WER, teacher-forced loss and attention metrics on the validation set."""
@@ -160,14 +169,14 @@ class LASTrainer(RewindOnNonFinite):
         order = length_buckets([0] * len(ds), self.config.data.batch_size, None)
         refs, hyps, free_atts, tf_atts, spans, losses = [], [], [], [], [], []
         w_ctc = self.config.train.val_ctc_weight
-        self.model.eval()
+        model = self.eval_model.eval()
         with self.runtime.autocast():
             for idx in order:
                 x, lens, inp, tgt = self._batch(ds, idx)
-                listened = self.model.listener(x, lens, return_hidden=w_ctc > 0)
-                logits, att = self.model(x, lens, inp, listened=listened[:3])
+                listened = model.listener(x, lens, return_hidden=w_ctc > 0)
+                logits, att = model(x, lens, inp, listened=listened[:3])
                 losses.append(float(sequence_loss(logits, tgt, v.pad)) * int((tgt != v.pad).sum()))
-                ids, fatt = greedy_decode(self.model, x, lens, v.sos, v.eos, max_ratio=1.0, listened=listened,
+                ids, fatt = greedy_decode(model, x, lens, v.sos, v.eos, max_ratio=1.0, listened=listened,
                                           ctc_weight=w_ctc)
                 for k, i in enumerate(idx):
                     u = ds.utts[i]
@@ -207,7 +216,7 @@ class LASTrainer(RewindOnNonFinite):
         self.write_artifacts(epoch, m["cer"])
         if m["cer"] < self.best_cer:
             self.best_cer = m["cer"]
-            save_checkpoint(self.run.checkpoint_dir, "best", f"{self.step:09d}", module_weights(self.model), {},
+            save_checkpoint(self.run.checkpoint_dir, "best", f"{self.step:09d}", module_weights(self.eval_model), {},
                             {"epoch": epoch, "step": self.step, "cer": m["cer"]})
         self.save()
         barrier(self.dist)
@@ -244,8 +253,10 @@ class LASTrainer(RewindOnNonFinite):
         state = {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed,
                  "best_cer": self.best_cer, "epoch_rng": self.epoch_rng_state, "history": self.history,
                  "lr_factor": self.lr_factor, "rewinds": self.rewinds}
-        save_checkpoint(self.run.checkpoint_dir, "last", f"{self.step:09d}", module_weights(self.model),
-                        {"optim": self.opt.state_dict(), "rng": rng_state()}, state)
+        extra = {"optim": self.opt.state_dict(), "rng": rng_state()}
+        if self.averaged is not None:
+            extra["averaged"] = self.averaged.state_dict()
+        save_checkpoint(self.run.checkpoint_dir, "last", f"{self.step:09d}", module_weights(self.model), extra, state)
 
     @classmethod
     def resume(cls, run_dir: str | Path, overrides: dict | None = None) -> "LASTrainer":
@@ -261,6 +272,8 @@ class LASTrainer(RewindOnNonFinite):
         weights, extra, st = load_checkpoint(self.run.checkpoint_dir, "last", self.runtime.device)
         load_module_weights(self.model, weights, str(self.run.checkpoint_dir))
         self.opt.load_state_dict(extra["optim"])
+        if self.averaged is not None and "averaged" in extra:
+            self.averaged.load_state_dict(extra["averaged"])
         set_rng_state(extra["rng"])
         self.epoch, self.step, self.batch_in_epoch, self.elapsed = st["epoch"], st["step"], st["batch_in_epoch"], st["elapsed"]
         self.best_cer, self.history, self.epoch_rng_state = st["best_cer"], st["history"], st["epoch_rng"]
