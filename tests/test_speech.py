@@ -116,6 +116,29 @@ def test_fsdd_digit_strings_official_and_held_out_speaker(small_fsdd, tmp_path):
         prepare_fsdd(small_fsdd, tmp_path / "bad2", "speaker", speed_perturb=0.9)
 
 
+@needs_shared
+def test_fsdd_level_normalization_removes_recording_gain_and_gain_augments_training_only(small_fsdd, tmp_path):
+    quiet = tmp_path / "quiet" / "recordings"                 # the same recordings 20 dB quieter
+    quiet.mkdir(parents=True)
+    for f in (small_fsdd / "recordings").glob("*.wav"):
+        x, rate = soundfile.read(f, dtype="float32")
+        soundfile.write(quiet / f.name, 0.1 * x, rate, subtype="FLOAT")
+    kw = dict(split="speaker", held_out="theo", n_train=4, n_val=3, seed=2)
+    for name, src in (("loud", small_fsdd), ("quiet", quiet.parent)):
+        prepare_fsdd(src, tmp_path / name, **kw)
+        prepare_fsdd(src, tmp_path / f"{name}-26", level_dbfs=-26.0, **kw)
+    prepare_fsdd(quiet.parent, tmp_path / "gain", level_dbfs=-26.0, gain_db=6.0, **kw)
+
+    def close(a, b, split="val"):
+        return [np.allclose(u.features, v.features, atol=1e-3) for u, v in
+                zip(read_split(tmp_path / a / split, 40), read_split(tmp_path / b / split, 40))]
+    assert not any(close("loud", "quiet"))                    # fixed-level gaps: the gain shows in the features
+    assert all(close("loud-26", "quiet-26"))                  # normalized: the gain is gone
+    assert all(close("quiet-26", "gain")) and not any(close("quiet-26", "gain", "train"))
+    with pytest.raises(InputError, match="--level-dbfs"):
+        prepare_fsdd(small_fsdd, tmp_path / "bad", level_dbfs=3.0)
+
+
 def test_speed_perturbation_raises_pitch_and_shortens():
     from lstmkit.las.features import speed_perturb
     x = tone(1.0, 8000, 440.0)

@@ -159,7 +159,7 @@ def las_prepare(args) -> int:
     if args.recipe == "fsdd":
         cfg = FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 8000, hop_ms=args.hop_ms)
         counts = prepare_fsdd(args.data_in, out, args.split, args.held_out, args.n_train, args.n_val, args.seed, cfg,
-                              speed_perturb=args.speed_perturb)
+                              speed_perturb=args.speed_perturb, level_dbfs=args.level_dbfs, gain_db=args.gain_db)
     elif args.recipe == "librispeech-mini":
         counts = prepare_librispeech_mini(args.data_in, out, pool_to=args.bands if args.bands != 80 else None)
     else:
@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--speed-perturb", type=float, default=0.0,
                     help="fsdd: play each training utterance at a random speed in 1 +- this (pitch, formants and "
                          "tempo change together, Ko et al. 2015); 0 = off")
+    pr.add_argument("--level-dbfs", type=float, help="fsdd: scale every recording to this RMS level (e.g. -26) before "
+                                                     "joining; FSDD speakers were recorded up to 20 dB apart")
+    pr.add_argument("--gain-db", type=float, default=0.0, help="fsdd: random gain in +- this many dB per training recording")
     pr.add_argument("--bands", type=int, default=40, help="mel bands (librispeech-mini: pool 80 -> this)")
     pr.add_argument("--hop-ms", type=float, default=10.0, help="frame shift (window stays 25 ms)")
     pr.add_argument("--sample-rate", type=int, help="resample audio to this rate (fsdd default 8000, folder 16000)")

@@ -62,10 +62,15 @@ def fsdd_recordings(folder: str | Path) -> list[tuple[int, str, int, Path]]:
 
 def digit_strings(pool, n: int, rng: np.random.Generator, prefix: str, cfg: FeatureConfig,
                   min_digits: int = 3, max_digits: int = 7, silence_s=(0.05, 0.3), speed: float = 0.0,
-                  speed_rng: np.random.Generator | None = None) -> list[Utterance]:
-    """``n`` utterances, each 3-7 random recordings of one speaker from ``pool`` joined by silences;
-    ``speed`` > 0 plays each at a random speed in ``1 +- speed`` (:func:`speed_perturb`), drawn
-    from ``speed_rng`` so that transcripts and recordings do not depend on it."""
+                  speed_rng: np.random.Generator | None = None, level_dbfs: float | None = None,
+                  gain_db: float = 0.0) -> list[Utterance]:
+    """``n`` utterances, each 3-7 random recordings of one speaker from ``pool`` joined by silences
+    (noise of RMS 1e-3, i.e. -60 dBFS); ``speed`` > 0 plays each at a random speed in ``1 +- speed``
+    (:func:`speed_perturb`). ``level_dbfs``: scale every recording to this RMS level first (FSDD
+    speakers were recorded 20 dB apart, so the gaps would sit at a different distance below each
+    voice); ``gain_db`` > 0 then adds a random gain in ``+- gain_db`` per recording. Speeds and gains
+    come from ``speed_rng``, so transcripts and recordings do not depend on them."""
+    aug_rng = speed_rng or rng
     by_speaker: dict[str, list] = {}
     for rec in pool:
         by_speaker.setdefault(rec[1], []).append(rec)
@@ -80,6 +85,10 @@ def digit_strings(pool, n: int, rng: np.random.Generator, prefix: str, cfg: Feat
             if path not in cache:
                 cache[path] = read_wav(path)
             x, rate = cache[path]
+            if level_dbfs is not None:
+                x = x * np.float32(10 ** (level_dbfs / 20) / max(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))), 1e-6))
+            if gain_db > 0:
+                x = x * np.float32(10 ** (aug_rng.uniform(-gain_db, gain_db) / 20))
             gap = np.zeros(int(rng.uniform(*silence_s) * rate), np.float32)
             pieces += [gap + 1e-3 * rng.standard_normal(gap.size).astype(np.float32), x]
         gap = np.zeros(int(rng.uniform(*silence_s) * rate), np.float32)
@@ -87,23 +96,30 @@ def digit_strings(pool, n: int, rng: np.random.Generator, prefix: str, cfg: Feat
         text = " ".join(DIGITS[d] for d, _, _, _ in recs)
         audio = np.concatenate(pieces)
         if speed > 0:
-            audio = speed_perturb(audio, float((speed_rng or rng).uniform(1 - speed, 1 + speed)))
+            audio = speed_perturb(audio, float(aug_rng.uniform(1 - speed, 1 + speed)))
         utts.append(Utterance(f"{prefix}-{i:05d}-{spk}", log_mel(audio, rate, cfg), text, None))
     return utts
 
 
 def prepare_fsdd(src: str | Path, out: str | Path, split: str = "official", held_out: str = "theo",
                  n_train: int = 3000, n_val: int = 300, seed: int = 0,
-                 cfg: FeatureConfig | None = None, speed_perturb: float = 0.0) -> dict[str, int]:
+                 cfg: FeatureConfig | None = None, speed_perturb: float = 0.0, level_dbfs: float | None = None,
+                 gain_db: float = 0.0) -> dict[str, int]:
     """Digit-string utterances from FSDD -> ``out/train`` and ``out/val``.
 
     ``official``: recordings with take index 0-4 build the validation utterances, 5-49 the
     training ones (every speaker in both). ``speaker``: ``held_out``'s recordings build the
     validation utterances, the other five speakers' the training ones. ``speed_perturb`` > 0
-    plays every *training* utterance at a random speed in ``1 +- speed_perturb``.
+    plays every *training* utterance at a random speed in ``1 +- speed_perturb``. ``level_dbfs``
+    scales every recording to that RMS level; ``gain_db`` > 0 varies *training* recordings' levels
+    by a random gain in ``+- gain_db`` around it.
     """
     if not 0.0 <= speed_perturb <= 0.5:
         raise InputError("--speed-perturb", f"{speed_perturb}", "between 0 and 0.5")
+    if level_dbfs is not None and not -60.0 < level_dbfs <= 0.0:
+        raise InputError("--level-dbfs", f"{level_dbfs}", "an RMS level in dB below full scale, in (-60, 0], e.g. -26")
+    if not 0.0 <= gain_db <= 30.0:
+        raise InputError("--gain-db", f"{gain_db}", "between 0 and 30 dB")
     cfg = cfg or FeatureConfig(sample_rate=8000)
     recs = fsdd_recordings(src)
     if split == "official":
@@ -121,7 +137,8 @@ def prepare_fsdd(src: str | Path, out: str | Path, split: str = "official", held
     counts = {}
     for name, pool, n in (("train", train, n_train), ("val", val, n_val)):
         speed = speed_perturb if name == "train" else 0.0
-        utts = digit_strings(pool, n, rng, name, cfg, speed=speed, speed_rng=np.random.default_rng([seed, 1]))
+        utts = digit_strings(pool, n, rng, name, cfg, speed=speed, speed_rng=np.random.default_rng([seed, 1]),
+                             level_dbfs=level_dbfs, gain_db=gain_db if name == "train" else 0.0)
         write_split(Path(out) / name, utts)
         counts[name] = n
     return counts
