@@ -135,8 +135,17 @@ def test_fsdd_level_normalization_removes_recording_gain_and_gain_augments_train
     assert not any(close("loud", "quiet"))                    # fixed-level gaps: the gain shows in the features
     assert all(close("loud-26", "quiet-26"))                  # normalized: the gain is gone
     assert all(close("quiet-26", "gain")) and not any(close("quiet-26", "gain", "train"))
+    raw = FeatureConfig(sample_rate=8000, normalize=False)
+    prepare_fsdd(quiet.parent, tmp_path / "noisy", level_dbfs=-26.0, noise_snr_db=(5.0, 5.0), cfg=raw, **kw)
+    prepare_fsdd(quiet.parent, tmp_path / "clean", level_dbfs=-26.0, cfg=raw, **kw)
+    assert all(close("clean", "noisy")) and not any(close("clean", "noisy", "train"))
+    for u, v in zip(read_split(tmp_path / "clean" / "train", 40), read_split(tmp_path / "noisy" / "train", 40)):
+        quietest = [np.sort(f.mean(1))[:10].mean() for f in (u.features, v.features)]
+        assert quietest[1] > quietest[0] + 5            # log-mel energy: noise at 5 dB SNR fills the silences
     with pytest.raises(InputError, match="--level-dbfs"):
         prepare_fsdd(small_fsdd, tmp_path / "bad", level_dbfs=3.0)
+    with pytest.raises(InputError, match="--noise-snr-db"):
+        prepare_fsdd(small_fsdd, tmp_path / "bad2", noise_snr_db=(20.0, 10.0))
 
 
 def test_speed_perturbation_raises_pitch_and_shortens():

@@ -159,7 +159,8 @@ def las_prepare(args) -> int:
     if args.recipe == "fsdd":
         cfg = FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 8000, hop_ms=args.hop_ms)
         counts = prepare_fsdd(args.data_in, out, args.split, args.held_out, args.n_train, args.n_val, args.seed, cfg,
-                              speed_perturb=args.speed_perturb, level_dbfs=args.level_dbfs, gain_db=args.gain_db)
+                              speed_perturb=args.speed_perturb, level_dbfs=args.level_dbfs, gain_db=args.gain_db,
+                              noise_snr_db=tuple(args.noise_snr_db) if args.noise_snr_db else None)
     elif args.recipe == "librispeech-mini":
         counts = prepare_librispeech_mini(args.data_in, out, pool_to=args.bands if args.bands != 80 else None)
     else:
@@ -353,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--level-dbfs", type=float, help="fsdd: scale every recording to this RMS level (e.g. -26) before "
                                                      "joining; FSDD speakers were recorded up to 20 dB apart")
     pr.add_argument("--gain-db", type=float, default=0.0, help="fsdd: random gain in +- this many dB per training recording")
+    pr.add_argument("--noise-snr-db", type=float, nargs=2, metavar=("LO", "HI"),
+                    help="fsdd: add white noise to each training utterance at a random SNR in [LO, HI] dB")
     pr.add_argument("--bands", type=int, default=40, help="mel bands (librispeech-mini: pool 80 -> this)")
     pr.add_argument("--hop-ms", type=float, default=10.0, help="frame shift (window stays 25 ms)")
     pr.add_argument("--sample-rate", type=int, help="resample audio to this rate (fsdd default 8000, folder 16000)")

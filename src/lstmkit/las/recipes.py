@@ -63,13 +63,15 @@ def fsdd_recordings(folder: str | Path) -> list[tuple[int, str, int, Path]]:
 def digit_strings(pool, n: int, rng: np.random.Generator, prefix: str, cfg: FeatureConfig,
                   min_digits: int = 3, max_digits: int = 7, silence_s=(0.05, 0.3), speed: float = 0.0,
                   speed_rng: np.random.Generator | None = None, level_dbfs: float | None = None,
-                  gain_db: float = 0.0) -> list[Utterance]:
+                  gain_db: float = 0.0, noise_snr_db: tuple[float, float] | None = None) -> list[Utterance]:
     """``n`` utterances, each 3-7 random recordings of one speaker from ``pool`` joined by silences
     (noise of RMS 1e-3, i.e. -60 dBFS); ``speed`` > 0 plays each at a random speed in ``1 +- speed``
     (:func:`speed_perturb`). ``level_dbfs``: scale every recording to this RMS level first (FSDD
     speakers were recorded 20 dB apart, so the gaps would sit at a different distance below each
-    voice); ``gain_db`` > 0 then adds a random gain in ``+- gain_db`` per recording. Speeds and gains
-    come from ``speed_rng``, so transcripts and recordings do not depend on them."""
+    voice); ``gain_db`` > 0 then adds a random gain in ``+- gain_db`` per recording. ``noise_snr_db``
+    ``(lo, hi)``: add white noise to the whole utterance at a signal-to-noise ratio drawn from
+    ``[lo, hi]`` dB (signal: the recordings' mean power). Speeds, gains and noise come from
+    ``speed_rng``, so transcripts and recordings do not depend on them."""
     aug_rng = speed_rng or rng
     by_speaker: dict[str, list] = {}
     for rec in pool:
@@ -80,7 +82,7 @@ def digit_strings(pool, n: int, rng: np.random.Generator, prefix: str, cfg: Feat
     for i in range(n):
         spk = speakers[int(rng.integers(len(speakers)))]
         recs = [by_speaker[spk][j] for j in rng.integers(0, len(by_speaker[spk]), size=int(rng.integers(min_digits, max_digits + 1)))]
-        pieces, rate = [], None
+        pieces, rate, power = [], None, []
         for digit, _, _, path in recs:
             if path not in cache:
                 cache[path] = read_wav(path)
@@ -89,12 +91,17 @@ def digit_strings(pool, n: int, rng: np.random.Generator, prefix: str, cfg: Feat
                 x = x * np.float32(10 ** (level_dbfs / 20) / max(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))), 1e-6))
             if gain_db > 0:
                 x = x * np.float32(10 ** (aug_rng.uniform(-gain_db, gain_db) / 20))
+            power.append(float(np.mean(np.square(x, dtype=np.float64))))
             gap = np.zeros(int(rng.uniform(*silence_s) * rate), np.float32)
             pieces += [gap + 1e-3 * rng.standard_normal(gap.size).astype(np.float32), x]
         gap = np.zeros(int(rng.uniform(*silence_s) * rate), np.float32)
         pieces.append(gap + 1e-3 * rng.standard_normal(gap.size).astype(np.float32))
         text = " ".join(DIGITS[d] for d, _, _, _ in recs)
         audio = np.concatenate(pieces)
+        if noise_snr_db is not None:
+            snr = aug_rng.uniform(*noise_snr_db)
+            noise = aug_rng.standard_normal(audio.size) * np.sqrt(np.mean(power) / 10 ** (snr / 10))
+            audio = audio + noise.astype(np.float32)
         if speed > 0:
             audio = speed_perturb(audio, float(aug_rng.uniform(1 - speed, 1 + speed)))
         utts.append(Utterance(f"{prefix}-{i:05d}-{spk}", log_mel(audio, rate, cfg), text, None))
@@ -104,7 +111,7 @@ def digit_strings(pool, n: int, rng: np.random.Generator, prefix: str, cfg: Feat
 def prepare_fsdd(src: str | Path, out: str | Path, split: str = "official", held_out: str = "theo",
                  n_train: int = 3000, n_val: int = 300, seed: int = 0,
                  cfg: FeatureConfig | None = None, speed_perturb: float = 0.0, level_dbfs: float | None = None,
-                 gain_db: float = 0.0) -> dict[str, int]:
+                 gain_db: float = 0.0, noise_snr_db: tuple[float, float] | None = None) -> dict[str, int]:
     """Digit-string utterances from FSDD -> ``out/train`` and ``out/val``.
 
     ``official``: recordings with take index 0-4 build the validation utterances, 5-49 the
@@ -112,7 +119,8 @@ def prepare_fsdd(src: str | Path, out: str | Path, split: str = "official", held
     validation utterances, the other five speakers' the training ones. ``speed_perturb`` > 0
     plays every *training* utterance at a random speed in ``1 +- speed_perturb``. ``level_dbfs``
     scales every recording to that RMS level; ``gain_db`` > 0 varies *training* recordings' levels
-    by a random gain in ``+- gain_db`` around it.
+    by a random gain in ``+- gain_db`` around it; ``noise_snr_db`` ``(lo, hi)`` adds white noise to
+    *training* utterances at a random SNR in that range.
     """
     if not 0.0 <= speed_perturb <= 0.5:
         raise InputError("--speed-perturb", f"{speed_perturb}", "between 0 and 0.5")
@@ -120,6 +128,8 @@ def prepare_fsdd(src: str | Path, out: str | Path, split: str = "official", held
         raise InputError("--level-dbfs", f"{level_dbfs}", "an RMS level in dB below full scale, in (-60, 0], e.g. -26")
     if not 0.0 <= gain_db <= 30.0:
         raise InputError("--gain-db", f"{gain_db}", "between 0 and 30 dB")
+    if noise_snr_db is not None and not (len(noise_snr_db) == 2 and -10.0 <= noise_snr_db[0] <= noise_snr_db[1]):
+        raise InputError("--noise-snr-db", f"{noise_snr_db}", "two numbers LO HI in dB with -10 <= LO <= HI, e.g. 10 40")
     cfg = cfg or FeatureConfig(sample_rate=8000)
     recs = fsdd_recordings(src)
     if split == "official":
@@ -138,7 +148,8 @@ def prepare_fsdd(src: str | Path, out: str | Path, split: str = "official", held
     for name, pool, n in (("train", train, n_train), ("val", val, n_val)):
         speed = speed_perturb if name == "train" else 0.0
         utts = digit_strings(pool, n, rng, name, cfg, speed=speed, speed_rng=np.random.default_rng([seed, 1]),
-                             level_dbfs=level_dbfs, gain_db=gain_db if name == "train" else 0.0)
+                             level_dbfs=level_dbfs, gain_db=gain_db if name == "train" else 0.0,
+                             noise_snr_db=noise_snr_db if name == "train" else None)
         write_split(Path(out) / name, utts)
         counts[name] = n
     return counts
