@@ -103,3 +103,21 @@ def test_dynamic_eval_and_cache_in_one_pass():
     both = dynamic_eval_losses(m, s, cfg, cache=NeuralCache(100, 0.0, 0.4))
     assert both["dynamic"] == pytest.approx(same["dynamic"], rel=1e-6)          # the cache does not change updates
     assert both["dynamic_cache"] != both["dynamic"]
+
+
+def test_stream_windows_backpropagates_within_each_window_only():
+    from lstmkit.lm.evaluate import stream_windows
+    m, s = tiny_lm(), repetitive_stream()
+    m.train()
+    lstm_weights = [p for n, p in m.named_parameters() if n.startswith("rnns.")]
+    assert lstm_weights
+    n = 0
+    for h, y in stream_windows(m, s[:40], batch_size=1, bptt=5):   # dynamic evaluation's use: grads through the LSTM
+        assert h.requires_grad
+        m.zero_grad()
+        h.sum().backward()                       # a second window would fail here if the state were not detached
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lstm_weights)
+        n += 1
+    assert n == 8 and m.training                 # walked in eval mode, training mode restored after
+    with torch.no_grad():
+        assert not any(h.requires_grad for h, _ in stream_windows(m, s[:40], batch_size=1, bptt=5))

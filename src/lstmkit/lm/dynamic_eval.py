@@ -24,6 +24,7 @@ import torch
 from ..core.device import Runtime
 from ..errors import InputError
 from .data import batchify
+from .evaluate import stream_windows
 from .model import AWDLSTM, detach_hidden
 
 
@@ -105,15 +106,10 @@ def dynamic_eval_losses(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConf
         inv = [1.0 / (r + cfg.eps) for r in rms]
         mean_inv = torch.cat([1.0 / (r.flatten() + cfg.eps) for r in rms]).mean()
         rate = [torch.clamp(cfg.decay * (1.0 / (r + cfg.eps)) / mean_inv, max=1.0) for r in rms]
-    rows = batchify(stream, cfg.batch_size).to(params[0].device)
-    hidden, total, total_cache, count = None, 0.0, 0.0, 0
+    total, total_cache, count = 0.0, 0.0, 0
     try:
-        for i in range(0, rows.size(1) - 1, cfg.bptt):
-            y = rows[:, i + 1: i + 1 + cfg.bptt]
-            x = rows[:, i: i + y.size(1)]
-            with runtime.autocast() if runtime else torch.autocast("cpu", enabled=False):
-                h, _, hidden = model.features(x, hidden)
-                logp = model.target_logprob(h, y)
+        for h, y in stream_windows(model, stream, cfg.batch_size, cfg.bptt, runtime):
+            logp = model.target_logprob(h, y)
             loss = -logp.mean()
             total -= float(logp.detach().sum())   # scored before the update: a fair next-token loss
             if cache is not None:
@@ -130,7 +126,6 @@ def dynamic_eval_losses(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConf
                     else:
                         p.add_(g.float(), alpha=-cfg.lr)
                         p.add_(w0[j] - p, alpha=cfg.decay)
-            hidden = detach_hidden(hidden)
     finally:
         with torch.no_grad():
             for p, w in zip(params, w0):

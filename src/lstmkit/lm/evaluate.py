@@ -18,15 +18,17 @@ import torch.nn.functional as F
 
 from ..core.device import Runtime
 from .data import batchify
-from .model import AWDLSTM
+from .model import AWDLSTM, detach_hidden
 
 
-@torch.no_grad()
 def stream_windows(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bptt: int = 70,
                    runtime: Runtime | None = None, dist=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Walk a continuous stream in eval mode, ``bptt`` tokens at a time, carrying the hidden state:
     per window yield ``(h (N, T, H) last-layer outputs, targets (N, T))``, each yield inside the
-    runtime's autocast (the caller's work on the window runs under it too).
+    runtime's autocast (the caller's work on the window runs under it too). The carried state is
+    detached between windows and gradients follow the caller's mode (its callers that only score
+    run under ``torch.no_grad``), so dynamic evaluation can backpropagate through each window, and
+    whatever it changes in the model applies from the next window on.
 
     ``dist`` (a :class:`lstmkit.core.distributed.Dist`): this rank walks its share of the rows."""
     was = model.training
@@ -42,6 +44,7 @@ def stream_windows(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bpt
             with runtime.autocast() if runtime else torch.autocast("cpu", enabled=False):
                 h, _, hidden = model.features(x, hidden)
                 yield h, y
+            hidden = detach_hidden(hidden)
     finally:
         model.train(was)
 
