@@ -7,18 +7,44 @@ def test_ntasgd_trigger_on_scripted_losses():
     losses = [6.0, 5.5, 5.2, 5.1, 5.05, 5.04, 5.03, 5.02, 5.01]
     fired = [should_switch_to_asgd(losses[: i + 1], nonmono=5) for i in range(len(losses))]
     assert not any(fired)                                   # still improving: never switch
-    stalled = [6.0, 5.5, 5.2, 5.3, 5.25, 5.22, 5.21, 5.23]
+    stalled = [6.0, 5.5, 5.2, 5.3, 5.25, 5.22, 5.21, 5.23, 5.24]
     fired = [should_switch_to_asgd(stalled[: i + 1], nonmono=5) for i in range(len(stalled))]
-    # index 7: 5.23 is worse than the best before the last five checks, min(stalled[:3]) = 5.2;
-    # index 6: 5.21 is compared with min(stalled[:2]) = 5.5 only, so no switch yet
-    assert fired == [False] * 7 + [True]
+    # index 8: 5.24 is worse than the best before the last five earlier checks, min(stalled[:3]) = 5.2;
+    # index 7: 5.23 is compared with min(stalled[:2]) = 5.5 only, so no switch yet
+    assert fired == [False] * 8 + [True]
+
+
+def algorithm1_switch(curve, n):
+    """Algorithm 1 of Merity et al. 2017, written out: logs, t; at each check with T = 0, compute v;
+    if t > n and v > min(logs[0 .. t-n-1]) then T <- k; append v to logs; t <- t + 1.
+    Returns the index of the check at which T is set (None if never)."""
+    logs, t = [], 0
+    for k, v in enumerate(curve):
+        if t > n and v > min(logs[l] for l in range(0, t - n)):
+            return k
+        logs.append(v)
+        t += 1
+    return None
+
+
+def test_ntasgd_trigger_is_algorithm_1_on_random_curves():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for trial in range(2000):
+        n = int(rng.integers(1, 7))
+        length = int(rng.integers(1, 30))
+        curve = list(5.0 - np.cumsum(rng.normal(0.02, 0.05, size=length)))    # noisy, mostly falling
+        want = algorithm1_switch(curve, n)
+        opt = NTASGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0, nonmono=n)
+        got = next((k for k in range(length) if opt.check(curve[: k + 1])), None)
+        assert got == want, (trial, n, curve)
 
 
 def test_ntasgd_averages_iterates_after_switch():
     p = torch.nn.Parameter(torch.tensor([0.0]))
     opt = NTASGD([p], lr=1.0, nonmono=1)
-    assert opt.check([1.0]) is False
-    assert opt.check([1.0, 2.0]) is True and opt.averaging
+    assert opt.check([1.0]) is False and opt.check([1.0, 2.0]) is False   # one earlier check: not enough
+    assert opt.check([1.0, 0.5, 2.0]) is True and opt.averaging
     values = []
     for g in (1.0, 2.0, 3.0):
         p.grad = torch.tensor([-g])

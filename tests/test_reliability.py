@@ -26,6 +26,13 @@ def step_losses(run):
     return {r["step"]: r["step_loss"] for r in records(run, "train")}
 
 
+def valid_losses(run):
+    """(step, validation loss, training loss so far) of every validation, in order; a resumed run
+    repeats none (the checkpoint it resumes from was written after the last one it holds)."""
+    last = {r["step"]: (r["step"], r["val_loss"], r.get("train_loss")) for r in records(run, "valid")}
+    return [last[k] for k in sorted(last)]    # a kill between the log line and the checkpoint repeats one
+
+
 def committed_step(run):
     p = run / "checkpoint" / "last.json"
     try:
@@ -75,9 +82,11 @@ def kill_resume_and_compare(tmp_path, family, cfg, kill_at_step):
 
 @pytest.mark.slow
 def test_lm_kill_9_mid_epoch_then_resume_matches_uninterrupted_run_bit_for_bit(small_corpus, tmp_path):
-    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=2, checkpoint_every=25, log_every=1, threads=1)
-    full_run, run, at = kill_resume_and_compare(tmp_path, "lm", cfg, 100)
-    assert 0 < at < len(step_losses(full_run)) // 2                       # killed inside the first epoch
+    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=2, checkpoint_every=25, log_every=1, threads=1,
+                      evals_per_epoch=3)
+    full_run, run, at = kill_resume_and_compare(tmp_path, "lm", cfg, 50)
+    assert 0 < at < len(step_losses(full_run)) // 6                       # before the epoch's first validation
+    assert valid_losses(run) == valid_losses(full_run) and len(valid_losses(run)) == 6
     a = json.loads((full_run / "results.json").read_text())
     b = json.loads((run / "results.json").read_text())
     assert a["test_loss"] == b["test_loss"] and a["val_loss"] == b["val_loss"]
@@ -91,7 +100,9 @@ def test_las_kill_9_mid_epoch_then_resume_matches_uninterrupted_run_bit_for_bit(
     cfg.optim.tf_floor, cfg.optim.tf_decay = 0.5, 0.5        # scheduled sampling draws: RNG must resume too
     cfg.model.dropout_p = 0.2
     cfg.optim.ema_decay = 0.95                                # validation on averaged weights: they must resume too
+    cfg.train.evals_per_epoch = 2                             # a validation inside each epoch
     full_run, run, at = kill_resume_and_compare(tmp_path, "las", cfg, 60)
+    assert valid_losses(run) == valid_losses(full_run) and len(valid_losses(run)) == 4
     steps_per_epoch = 1600 // 32
     assert steps_per_epoch < at < 2 * steps_per_epoch                     # inside the second epoch
     a, b = records(run, "valid")[-1], records(full_run, "valid")[-1]

@@ -82,7 +82,7 @@ def test_dynamic_eval_scores_before_updating_and_restores_weights():
     assert frozen == pytest.approx(base, rel=1e-5)                                  # lr 0: plain evaluation
     adapted = dynamic_eval_loss(m, s, DynamicEvalConfig(method="sgd", lr=0.5, decay=0.0, bptt=5))
     assert adapted < base - 0.1                                                     # learns the repeated phrase
-    rms = gradient_rms(m, repetitive_stream(seed=1), n_batches=5, bptt=20, batch_size=2)
+    rms = gradient_rms(m, repetitive_stream(seed=1), n_batches=5, bptt=5, batch_size=2)
     r = dynamic_eval_loss(m, s, DynamicEvalConfig(method="rms", lr=2e-3, decay=0.01, bptt=5), rms)
     assert r < base
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
@@ -121,3 +121,79 @@ def test_stream_windows_backpropagates_within_each_window_only():
     assert n == 8 and m.training                 # walked in eval mode, training mode restored after
     with torch.no_grad():
         assert not any(h.requires_grad for h, _ in stream_windows(m, s[:40], batch_size=1, bptt=5))
+
+
+def krause_reference(model, train, stream, lr, lamb, eps, bptt, grad_rows, grad_windows):
+    """Dynamic evaluation with the RMS rule written out as Krause et al. 2017 (eq. 8-9) and their
+    ``dynamiceval.py`` compute it, independently of lstmkit's functions: gradient statistics
+    MS = sqrt(mean over training windows of g^2) (windows of the segment length, eval mode, state
+    carried), decrate = MS / mean over tensors of mean(MS), clipped at 1 / lambda;
+    dW = lambda * decrate * (w0 - w) - lr * g / (MS + eps) on each segment after it is scored."""
+    import copy
+    import torch.nn.functional as F
+    m = copy.deepcopy(model).eval()
+    params = list(m.parameters())
+
+    def segments(data, rows):
+        n = len(data) // rows
+        src = torch.as_tensor(np.asarray(data[: n * rows]), dtype=torch.long).view(rows, n)
+        i = 0
+        while i < n - 1:
+            seq = min(bptt, n - 1 - i)
+            yield src[:, i: i + seq], src[:, i + 1: i + 1 + seq]
+            i += seq
+
+    def window_loss(x, y, hidden):
+        out = m(x, hidden)
+        return F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), y.reshape(-1)), \
+            [(h.detach(), c.detach()) for h, c in out.hidden]
+
+    MS = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    hidden, batches = None, 0
+    for x, y in segments(train, grad_rows):
+        if batches == grad_windows:
+            break
+        loss, hidden = window_loss(x, y, hidden)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for k, g in enumerate(grads):
+            if g is not None:
+                MS[k] += g.double() ** 2
+        batches += 1
+    MS = [torch.sqrt(v / batches) for v in MS]
+    gsum = sum(float(v.mean()) for v in MS) / len(MS)
+    decrate = [torch.clamp(v / gsum, max=1.0 / lamb) for v in MS]
+    data0 = [p.detach().double().clone() for p in params]
+    total, count, hidden = 0.0, 0, None
+    for x, y in segments(stream, 1):
+        loss, hidden = window_loss(x, y, hidden)
+        total += float(loss.detach()) * y.numel()
+        count += y.numel()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        with torch.no_grad():
+            for k, (p, g) in enumerate(zip(params, grads)):
+                if g is None:
+                    continue
+                w = p.double()
+                dW = lamb * decrate[k] * (data0[k] - w) - lr * g.double() / (MS[k] + eps)
+                p.copy_(w + dW)
+    return total / count
+
+
+def test_rms_dynamic_eval_is_the_papers_rule():
+    m, s = tiny_lm(), repetitive_stream(n=240)
+    train = repetitive_stream(n=600, seed=1)
+    lr, lamb, eps = 3e-3, 0.3, 1e-4          # large enough that any other rule gives another loss
+    want = krause_reference(m, train, s, lr, lamb, eps, bptt=5, grad_rows=4, grad_windows=12)
+    cfg = DynamicEvalConfig(method="rms", lr=lr, decay=lamb, eps=eps, bptt=5, grad_batches=12, grad_batch_size=4)
+    rms = gradient_rms(m, train, cfg.grad_batches, cfg.stats_bptt, cfg.grad_batch_size)
+    got = dynamic_eval_loss(m, s, cfg, rms)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert got != pytest.approx(stream_loss(m, s, 1, 5), rel=1e-3)      # the updates do change the loss
+
+
+def test_dynamic_eval_settings_are_checked():
+    for bad in (dict(lr=float("nan")), dict(decay=1.0), dict(decay=-0.1), dict(eps=float("inf")), dict(bptt=0),
+                dict(grad_batches=-1), dict(grad_batch_size=0)):
+        with pytest.raises(InputError):
+            DynamicEvalConfig(**bad).check()
+    assert DynamicEvalConfig(bptt=7).stats_bptt == 7 and DynamicEvalConfig(bptt=7, grad_bptt=3).stats_bptt == 3

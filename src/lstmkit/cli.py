@@ -88,10 +88,10 @@ def lm_eval(args) -> int:
     if args.dynamic_eval:
         from .lm.dynamic_eval import DynamicEvalConfig, dynamic_eval_losses, gradient_rms
         de = DynamicEvalConfig(method=args.de_method, lr=args.de_lr, decay=args.de_decay, bptt=args.de_bptt,
-                               batch_size=args.de_batch_size)
+                               batch_size=args.de_batch_size, eps=args.de_eps, grad_batches=args.de_grad_batches)
         de.check()
         t0 = time.time()
-        rms = gradient_rms(model, corpus.train, de.grad_batches, de.grad_bptt, cfg.data.batch_size, rt) \
+        rms = gradient_rms(model, corpus.train, de.grad_batches, de.stats_bptt, de.grad_batch_size, rt) \
             if de.method == "rms" else None
         res = dynamic_eval_losses(model, stream, de, rms, rt, cache)      # the cache's pass rides along
         d = res["dynamic"]
@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--de-decay", type=float, default=0.02)
     e.add_argument("--de-bptt", type=int, default=5, help="segment length: one update per segment")
     e.add_argument("--de-batch-size", type=int, default=1)
+    e.add_argument("--de-eps", type=float, default=1e-3, help="rms: added to the gradient RMS (default 1e-3)")
+    e.add_argument("--de-grad-batches", type=int, default=100,
+                   help="rms: training windows (of --de-bptt tokens, 100 rows) for the gradient statistics; 0 = all")
     e.set_defaults(func=lm_eval)
 
     g = lm.add_parser("generate", help="continue a prompt")

@@ -176,6 +176,28 @@ class Attention(nn.Module):
         return context, weights
 
 
+def lstm_cell(cell: nn.LSTMCell, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+    """One step of ``cell``: x (N, D), state (h, c) each (N, H) -> (h, c), both fp32.
+
+    The two matrix products follow autocast (bf16 on CUDA and on AMX/AVX512-BF16 CPUs) or the
+    weights' own dtype; the gate nonlinearities and the cell state ``c = f * c + i * g`` are always
+    fp32. CUDA autocast runs a plain ``nn.LSTMCell`` wholly in bf16 (CPU autocast leaves it in fp32),
+    which rounds ``c`` to 8 significant bits at every step: updates smaller than half a bf16 unit
+    of ``c`` vanish and the speller stopped learning under bf16 on CUDA. Without autocast and with
+    fp32 weights this is ``cell(x, state)`` itself (the fused kernel).
+    """
+    h, c = state
+    if not torch.is_autocast_enabled(x.device.type) and cell.weight_ih.dtype == torch.float32:
+        h, c = cell(x.float(), (h.float(), c.float()))
+        return h, c
+    w = cell.weight_ih.dtype if not torch.is_autocast_enabled(x.device.type) else None
+    xi, hi = (x.to(w), h.to(w)) if w is not None else (x, h)
+    gates = F.linear(xi, cell.weight_ih, cell.bias_ih).float() + F.linear(hi, cell.weight_hh, cell.bias_hh).float()
+    i, f, g, o = gates.chunk(4, -1)
+    c = torch.sigmoid(f) * c.float() + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 class SpellerState(NamedTuple):
     h1: torch.Tensor
     c1: torch.Tensor
@@ -208,7 +230,7 @@ class Speller(nn.Module):
 
     def init_state(self, keys, values, mask) -> SpellerState:
         n = keys.size(0)
-        z = keys.new_zeros(n, self.cell1.hidden_size)
+        z = keys.new_zeros(n, self.cell1.hidden_size, dtype=torch.float32)   # the cells' state is fp32 (lstm_cell)
         ctx, _ = self.attention(keys.new_zeros(n, keys.size(2)), keys, values, mask)  # mean of values
         first = torch.zeros(mask.shape, device=keys.device)
         first[:, 0] = 1.0
@@ -217,8 +239,8 @@ class Speller(nn.Module):
     def step(self, prev: torch.Tensor, state: SpellerState, keys, values, mask):
         """prev (N,) previous characters -> logits (N, C), new state, attention (N, S)."""
         x = torch.cat([self.embed(prev), state.context], -1)
-        h1, c1 = self.cell1(x, (state.h1, state.c1))
-        h2, c2 = self.cell2(self.drop(h1), (state.h2, state.c2))
+        h1, c1 = lstm_cell(self.cell1, x, (state.h1, state.c1))
+        h2, c2 = lstm_cell(self.cell2, self.drop(h1), (state.h2, state.c2))
         if self.window and not self.training:   # decoding: no jumps back, at most `window` frames ahead
             peak = state.weights.argmax(-1, keepdim=True)                               # (N, 1)
             t = torch.arange(mask.size(1), device=mask.device)[None, :]

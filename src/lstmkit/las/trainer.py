@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
-from ..core.checkpoint import (load_checkpoint, load_module_weights, module_weights, rng_state,
+from ..core.checkpoint import (has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state,
                                save_checkpoint, set_rng_state)
 from ..core.device import pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, init_distributed, wrap
@@ -84,6 +84,7 @@ class LASTrainer(RewindOnNonFinite):
         self._flag: StopFlag | None = None
         self._deadline = math.inf
         self.stopped = False
+        self.epoch_loss = [0.0, 0]              # summed training loss and count of the running epoch
 
     # ------------------------------------------------------------------------------ training
     def _batch(self, ds: SpeechDataset, idx):
@@ -101,7 +102,6 @@ class LASTrainer(RewindOnNonFinite):
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(self.epoch, cfg.optim) * self.lr_factor
         self.model.train()
-        total = count = 0.0
         t0 = time.time()
         world, norm = self.dist.world, None
         for i in tqdm(range(self.batch_in_epoch, len(batches)), desc=f"epoch {self.epoch + 1}", leave=False,
@@ -133,7 +133,8 @@ class LASTrainer(RewindOnNonFinite):
                 self.nonfinite = 0
                 if self.averaged is not None:
                     self.averaged.update_parameters(self.model)
-                total, count = total + res.loss, count + 1
+                self.epoch_loss = [self.epoch_loss[0] + res.loss, self.epoch_loss[1] + 1]
+            total, count = self.epoch_loss
             if cfg.train.log_every and self.step % cfg.train.log_every == 0:
                 self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
                                       "step_loss": res.loss, "grad_norm": res.grad_norm})
@@ -145,16 +146,23 @@ class LASTrainer(RewindOnNonFinite):
             if i + 1 in evals:
                 self.elapsed += time.time() - t0
                 self.validate(total / max(count, 1), partial=True)
+                self.model.train()                    # validation switched to eval mode: dropout etc. back on
                 t0 = time.time()                      # validation time is not training time
-            if any_rank((self._flag is not None and self._flag.stop) or time.time() > self._deadline, self.dist):
+            if self._should_stop():
                 self.stopped = True
                 break
         self.elapsed += time.time() - t0
+        total, count = self.epoch_loss
         if not self.stopped:
             self.epoch += 1
             self.batch_in_epoch = 0
             self.epoch_rng_state = self.rng.bit_generator.state
+            self.epoch_loss = [0.0, 0]
         return total / max(count, 1)
+
+    def _should_stop(self) -> bool:
+        """Time budget reached or Ctrl-C, on any rank (every rank stops at the same step)."""
+        return any_rank((self._flag is not None and self._flag.stop) or time.time() > self._deadline, self.dist)
 
     # ------------------------------------------------------------------------------ validation
     @property
@@ -252,7 +260,7 @@ class LASTrainer(RewindOnNonFinite):
             return
         state = {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed,
                  "best_cer": self.best_cer, "epoch_rng": self.epoch_rng_state, "history": self.history,
-                 "lr_factor": self.lr_factor, "rewinds": self.rewinds}
+                 "lr_factor": self.lr_factor, "rewinds": self.rewinds, "epoch_loss": self.epoch_loss}
         extra = {"optim": self.opt.state_dict(), "rng": rng_state()}
         if self.averaged is not None:
             extra["averaged"] = self.averaged.state_dict()
@@ -278,6 +286,8 @@ class LASTrainer(RewindOnNonFinite):
         self.epoch, self.step, self.batch_in_epoch, self.elapsed = st["epoch"], st["step"], st["batch_in_epoch"], st["elapsed"]
         self.best_cer, self.history, self.epoch_rng_state = st["best_cer"], st["history"], st["epoch_rng"]
         self.lr_factor, self.rewinds = st.get("lr_factor", 1.0), st.get("rewinds", 0)
+        loss_sum, n = st.get("epoch_loss", [0.0, 0])
+        self.epoch_loss = [float(loss_sum), int(n)]
 
     def fit(self, max_minutes: float | None = None) -> dict:
         minutes = max_minutes or self.config.train.max_minutes
@@ -289,10 +299,35 @@ class LASTrainer(RewindOnNonFinite):
                 except Rewind as r:
                     self.rewind(r.step)
                     continue
+                if self.stopped:
+                    return self.stop_report(loss)
                 every = self.config.train.val_every_epochs
-                if self.stopped or self.epoch % every == 0 or self.epoch >= self.config.train.epochs:
+                if self.epoch % every == 0 or self.epoch >= self.config.train.epochs:
                     self.validate(loss)
         return self.history[-1] if self.history else {}
+
+    def stop_report(self, train_loss: float) -> dict:
+        """After a time-budget stop or Ctrl-C mid-epoch: commit ``last`` first (a resume continues as
+        if never stopped), then evaluate for the user without entering the history or the choice of
+        ``best`` (a ``best`` is written only if no validation has made one yet)."""
+        self.save()
+        if not self.dist.main:
+            barrier(self.dist)
+            return {}
+        m = self.evaluate()
+        epoch = self.epoch + 1
+        rec = {"type": "stop", "epoch": epoch, "step": self.step, "partial_epoch": True, "train_loss": train_loss, **m,
+               "elapsed_s": round(self.elapsed, 1)}
+        self.run.log_metrics(rec)
+        print(f"stopped at step {self.step} (epoch {epoch}, {round(self.elapsed, 1)} s): val loss {m['val_loss']:.4f} | "
+              f"CER {100 * m['cer']:.2f}% | alignment {m.get('alignment_accuracy', float('nan')):.3f}; continue with: "
+              f"lstmkit las train --resume {self.run.path}", flush=True)
+        self.write_artifacts(epoch, m["cer"])
+        if not has_checkpoint(self.run.checkpoint_dir, "best"):
+            save_checkpoint(self.run.checkpoint_dir, "best", f"{self.step:09d}", module_weights(self.eval_model), {},
+                            {"epoch": epoch, "step": self.step, "cer": m["cer"]})
+        barrier(self.dist)
+        return rec
 
 
 def run_ctc_weight(run_dir: str | Path) -> float:

@@ -7,15 +7,19 @@ segment is **scored first** with the current weights - that loss is what is repo
 is still predicted from the past only - and then used for one gradient step:
 
 * ``"sgd"``: ``w <- w - lr * g + decay * (w0 - w)``
-* ``"rms"`` (the paper's RMS-normalized variant): ``w <- w - lr * g / (rms + eps) + decay * r * (w0 - w)``
-  where ``rms`` is the root mean square gradient of each weight measured on training data before the
-  test stream is read, and ``r = (1 / rms) / mean(1 / rms)`` (capped at ``1 / decay``): weights
-  whose gradients are usually small move less and are pulled back harder.
+* ``"rms"`` (the paper's RMS-normalized rule, eq. 8-9 and its ``dynamiceval.py``):
+  ``w <- w - lr * g / (rms + eps) + decay * r * (w0 - w)``, both terms computed from the same ``w``,
+  where ``rms`` is the root mean square gradient of each weight measured on training data (windows
+  of the segment length, as the paper does) before the test stream is read, and
+  ``r = rms / mean_rms`` capped at ``1 / decay`` (``mean_rms``: the mean over parameter tensors of
+  each tensor's mean ``rms``, as the original code computes it): weights whose gradients are usually
+  small move less *and* are pulled back less.
 
 ``w0`` are the trained weights; the decay keeps the adapted model close to them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,8 +40,9 @@ class DynamicEvalConfig:
     eps: float = 1e-3           # rms only
     bptt: int = 5               # segment length: one update per segment (the paper uses 5 on WT2)
     batch_size: int = 1         # rows of the stream, each adapted on jointly
-    grad_batches: int = 100     # rms only: training windows used to measure the gradient scale
-    grad_bptt: int = 70
+    grad_batches: int = 100     # rms only: training windows used to measure the gradient scale (0 = all, the paper)
+    grad_bptt: int = 0          # rms only: their length; 0 = the segment length ``bptt`` (the paper)
+    grad_batch_size: int = 100  # rms only: rows of the training stream for the statistics (the paper's 100)
 
     def check(self) -> None:
         if self.method not in ("rms", "sgd"):
@@ -45,15 +50,30 @@ class DynamicEvalConfig:
         for name in ("lr", "decay", "eps"):
             if getattr(self, name) < 0:
                 raise InputError(f"dynamic_eval.{name}", f"found {getattr(self, name)}", "a value >= 0")
-        for name in ("bptt", "batch_size", "grad_batches", "grad_bptt"):
+        for name in ("lr", "decay", "eps"):
+            if not math.isfinite(getattr(self, name)):
+                raise InputError(f"dynamic_eval.{name}", f"found {getattr(self, name)}", "a finite number")
+        if self.decay >= 1:
+            raise InputError("dynamic_eval.decay", f"found {self.decay}", "a value in [0, 1)")
+        for name in ("bptt", "batch_size", "grad_batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"dynamic_eval.{name}", f"found {getattr(self, name)}", "an integer >= 1")
+        for name in ("grad_batches", "grad_bptt"):
+            if getattr(self, name) < 0:
+                raise InputError(f"dynamic_eval.{name}", f"found {getattr(self, name)}", "an integer >= 0 (0 = paper default)")
+
+    @property
+    def stats_bptt(self) -> int:
+        """Window length of the gradient statistics."""
+        return self.grad_bptt or self.bptt
 
 
-def gradient_rms(model: AWDLSTM, train: np.ndarray, n_batches: int = 100, bptt: int = 70, batch_size: int = 80,
+def gradient_rms(model: AWDLSTM, train: np.ndarray, n_batches: int = 100, bptt: int = 5, batch_size: int = 100,
                  runtime: Runtime | None = None) -> list[torch.Tensor]:
-    """Root mean square gradient of every parameter over ``n_batches`` training windows (eval mode,
-    no dropout, hidden state carried) - the normalizer of the RMS variant."""
+    """Root mean square gradient of every parameter over ``n_batches`` training windows of ``bptt``
+    tokens (0 = the whole stream; eval mode, no dropout, hidden state carried, gradient of each
+    window's mean loss) - the normalizer of the RMS variant. The paper uses its segment length (5)
+    and 100 rows (:meth:`DynamicEvalConfig.stats_bptt`, ``grad_batch_size``)."""
     was = model.training
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -61,7 +81,7 @@ def gradient_rms(model: AWDLSTM, train: np.ndarray, n_batches: int = 100, bptt: 
     rows = batchify(train, batch_size).to(params[0].device)
     hidden, seen = None, 0
     for i in range(0, rows.size(1) - 1, bptt):
-        if seen == n_batches:
+        if n_batches and seen == n_batches:
             break
         y = rows[:, i + 1: i + 1 + bptt]
         x = rows[:, i: i + y.size(1)]
@@ -104,8 +124,9 @@ def dynamic_eval_losses(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConf
     w0 = [p.detach().clone() for p in params]
     if cfg.method == "rms":
         inv = [1.0 / (r + cfg.eps) for r in rms]
-        mean_inv = torch.cat([1.0 / (r.flatten() + cfg.eps) for r in rms]).mean()
-        rate = [torch.clamp(cfg.decay * (1.0 / (r + cfg.eps)) / mean_inv, max=1.0) for r in rms]
+        mean_rms = torch.stack([r.float().mean() for r in rms]).mean()     # mean over tensors of their means
+        cap = 1.0 / cfg.decay if cfg.decay > 0 else math.inf
+        rate = [cfg.decay * torch.clamp(r / mean_rms, max=cap) for r in rms]  # decay x decrate, <= 1
     total, total_cache, count = 0.0, 0.0, 0
     try:
         for h, y in stream_windows(model, stream, cfg.batch_size, cfg.bptt, runtime):
@@ -120,12 +141,10 @@ def dynamic_eval_losses(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConf
                 for j, (p, g) in enumerate(zip(params, grads)):
                     if g is None:
                         continue
-                    if cfg.method == "rms":
-                        p.add_(g.float() * inv[j], alpha=-cfg.lr)
-                        p.add_(rate[j] * (w0[j] - p))
+                    if cfg.method == "rms":   # both terms from the same w, then one update
+                        p.add_(rate[j] * (w0[j] - p) - cfg.lr * g.float() * inv[j])
                     else:
-                        p.add_(g.float(), alpha=-cfg.lr)
-                        p.add_(w0[j] - p, alpha=cfg.decay)
+                        p.add_(cfg.decay * (w0[j] - p) - cfg.lr * g.float())
     finally:
         with torch.no_grad():
             for p, w in zip(params, w0):

@@ -56,6 +56,13 @@ class AWDLSTMConfig:
     # Full softmax loss in row chunks with gradients computed on the fly (lstmkit.nn.linear_cross_entropy):
     # the (N*T, V) logits never exist at once. 0 = plain autograd over the whole logits.
     loss_chunk: int = field(default=1024, metadata={"min": 0})
+    # Which full-softmax training loss: "chunked" (the fused chunks above: less memory traffic, faster
+    # on CPU), "plain" (one cross-entropy over all logits: faster on GPUs), "auto" = chunked on CPU,
+    # plain elsewhere. Same maths either way.
+    loss_path: str = field(default="auto", metadata={"choices": ("auto", "chunked", "plain")})
+    # LSTM weights (dropped weight_hh included) written into one flat buffer in cuDNN's layout before
+    # each call, so cuDNN takes them without a copy: "auto" = on CUDA (lstmkit.nn.weight_drop).
+    flat_weights: str = field(default="auto", metadata={"choices": ("auto", "always", "never")})
 
     def p(self, name: str) -> float:
         """A dropout rate after ``dropout_scale`` (kept below 1)."""
@@ -86,7 +93,7 @@ class AWDLSTM(nn.Module):
         tie = c.tie_weights and c.softmax == "full"
         sizes = [c.emb_size] + [c.hidden_size] * (c.num_layers - 1) + [c.emb_size if tie else c.hidden_size]
         self.rnns = nn.ModuleList(
-            WeightDrop(nn.LSTM(sizes[i], sizes[i + 1], batch_first=True), c.p("wdrop_p")) for i in range(c.num_layers))
+            WeightDrop(nn.LSTM(sizes[i], sizes[i + 1], batch_first=True), c.p("wdrop_p"), c.flat_weights) for i in range(c.num_layers))
         self.lockdrop_i = LockedDropout(c.p("dropouti_p"))
         self.lockdrop_h = LockedDropout(c.p("dropouth_p"))
         self.lockdrop_o = LockedDropout(c.p("dropout_p"))
@@ -152,7 +159,7 @@ class AWDLSTM(nn.Module):
             return -self.mos.target_logprob(h.reshape(-1, h.size(-1)), targets.reshape(-1)).mean()
         if self.config.softmax == "adaptive":   # linears under autocast, log-softmaxes and sums in fp32
             return adaptive_nll(self.adaptive, h.reshape(-1, h.size(-1)), targets.reshape(-1))
-        if self.config.loss_chunk:
+        if choose_loss_path(self.config, h.device) == "chunked":
             return linear_cross_entropy(h.reshape(-1, h.size(-1)), self.decoder.weight, self.decoder.bias,
                                         targets.reshape(-1), self.config.loss_chunk)
         return cross_entropy_chunked(self, h, targets, chunk=h.numel() if self.training else 4096)
@@ -171,6 +178,22 @@ class AWDLSTM(nn.Module):
     def forward(self, tokens: torch.Tensor, hidden=None) -> LMOutput:
         dropped, raw, hidden = self.features(tokens, hidden)
         return LMOutput(self.decode(dropped), hidden, raw, dropped)
+
+
+def choose_loss_path(config: AWDLSTMConfig, device: torch.device) -> str:
+    """``"chunked"`` or ``"plain"``: the full-softmax training loss ``config`` asks for on ``device``.
+
+    >>> cfg = AWDLSTMConfig()
+    >>> choose_loss_path(cfg, torch.device("cpu")), choose_loss_path(cfg, torch.device("cuda"))
+    ('chunked', 'plain')
+    >>> cfg.loss_chunk = 0; choose_loss_path(cfg, torch.device("cpu"))
+    'plain'
+    """
+    if config.loss_chunk == 0 or config.loss_path == "plain":
+        return "plain"
+    if config.loss_path == "chunked":
+        return "chunked"
+    return "chunked" if device.type == "cpu" else "plain"
 
 
 def detach_hidden(hidden):

@@ -2,8 +2,11 @@
 
 NT-ASGD is plain SGD until validation stops improving (the non-monotone trigger below), then
 the same SGD steps continue while an average of the iterates is kept; validation, test and the
-saved "best" model use the averaged weights. With the paper's ``lambd=0, t0=0`` this is what its
-``torch.optim.ASGD`` call computes.
+saved "best" model use the averaged weights. The average is over the iterates after each step
+since the switch, ``(w_1 + ... + w_k) / k``. Algorithm 1 of the paper also counts the weights at
+the switch, ``w_0``; the paper's code (``torch.optim.ASGD`` with ``t0=0, lambd=0``) leaves out
+``w_1`` as well, because its averaging weight ``mu`` lags one step. After the thousands of steps
+between validations the three differ by O(1/k).
 """
 from __future__ import annotations
 
@@ -26,17 +29,21 @@ def temporal_activation_regularization(raw: torch.Tensor, beta: float) -> torch.
 
 
 def should_switch_to_asgd(val_losses: Sequence[float], nonmono: int) -> bool:
-    """The non-monotone trigger: switch when the newest validation loss is worse than the best of
-    all checks except the last ``nonmono`` ones.
+    """The non-monotone trigger (Algorithm 1 of the paper; salesforce/awd-lstm-lm main.py):
+    ``val_losses[-1]`` is the newest check; switch when more than ``nonmono`` checks came before it
+    and it is worse than the best of those earlier checks except the last ``nonmono`` of them.
 
-    >>> should_switch_to_asgd([5.0, 4.0, 3.9, 3.95, 3.96, 3.97, 3.98, 3.99], nonmono=5)
+    >>> should_switch_to_asgd([5.0, 3.9, 4.0, 3.95, 3.96, 3.97, 3.98, 3.99], nonmono=5)
     True
+    >>> should_switch_to_asgd([5.0, 3.9, 3.95, 3.96, 3.97, 3.98, 3.99], nonmono=5)   # 3.9 is among the last 5
+    False
     >>> should_switch_to_asgd([5.0, 4.0, 3.9, 3.8], nonmono=5)
     False
     """
-    if len(val_losses) <= nonmono:
+    *earlier, newest = val_losses
+    if len(earlier) <= nonmono:
         return False
-    return val_losses[-1] > min(val_losses[:-nonmono])
+    return newest > min(earlier[:-nonmono])
 
 
 class NTASGD:

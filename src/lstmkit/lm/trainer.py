@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
-from ..core.checkpoint import load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
+from ..core.checkpoint import has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
 from ..core.device import Runtime, pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, gather_rows, init_distributed, wrap
 from ..core.plots import plot_curves
@@ -89,6 +89,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
         opt_cls = AdamWrapper if o.optimizer == "adam" else NTASGD
         self.opt = opt_cls(model.parameters(), o.lr, o.weight_decay, o.nonmono, enabled=o.optimizer != "sgd")
         self.epoch, self.step, self.hidden = 0, 0, None
+        self.epoch_windows = 0                  # windows trained in the running epoch
+        self.epoch_loss = [0.0, 0]              # their summed cross-entropy and count (finite steps)
         self.val_losses: list[float] = []
         self.train_losses: list[float] = []
         self.best_val = math.inf
@@ -110,17 +112,18 @@ class LanguageModelTrainer(RewindOnNonFinite):
         return loss
 
     def train(self) -> float:
-        """Train one epoch (or until the time budget / Ctrl-C); returns the mean training NLL."""
+        """Train one epoch (or until the time budget / Ctrl-C); returns the mean training NLL of the
+        epoch's windows so far. The window count and the loss sums of the running epoch are part of
+        the checkpoint, so a resumed epoch validates at the same windows and reports the same mean."""
         cfg, it = self.config, self.loader.iterator
         self.model.train()
         dev = self.runtime.device
         evals = {int(len(it) * k / cfg.train.evals_per_epoch) for k in range(1, cfg.train.evals_per_epoch)}
-        total, count = 0.0, 0
-        bar = tqdm(total=len(it), initial=min(it.pos // it.bptt, len(it)), desc=f"epoch {self.epoch + 1}",
+        bar = tqdm(total=len(it), initial=min(self.epoch_windows, len(it)), desc=f"epoch {self.epoch + 1}",
                    leave=False, dynamic_ncols=True, mininterval=2.0, disable=None)
         t0 = t_log = time.time()
         tokens = 0
-        for i, (x, y) in enumerate(it):
+        for x, y in it:
             x, y = x.to(dev), y.to(dev)
             if self.hidden is None or self.hidden[0][0].size(1) != x.size(0):
                 self.hidden = self.model.init_hidden(x.size(0), dev)
@@ -129,6 +132,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
             res = train_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime,
                              sync=self.dist.enabled)
             self.step += 1
+            self.epoch_windows += 1
             if self.dist.enabled:                   # report the mean over ranks = the global batch's loss
                 step_loss, ce = (v / self.dist.world for v in all_sum([res.loss, self._last_ce], self.dist))
             else:
@@ -137,7 +141,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
                 self._on_nonfinite(res)
             else:
                 self.nonfinite = 0
-                total, count = total + ce, count + 1
+                self.epoch_loss = [self.epoch_loss[0] + ce, self.epoch_loss[1] + 1]
+            total, count = self.epoch_loss
             tokens += x.numel()
             bar.update(1)
             if self.step % cfg.train.log_every == 0 and count:
@@ -148,20 +153,23 @@ class LanguageModelTrainer(RewindOnNonFinite):
                 t_log, tokens = time.time(), 0
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                 self.save()
-            if i + 1 in evals:
+            if self.epoch_windows in evals:
                 self.elapsed += time.time() - t0
                 self.validate(partial=True)
+                self.model.train()
                 t0 = time.time()
             if self._should_stop():
                 self.stopped = True
                 break
         bar.close()
         self.elapsed += time.time() - t0
+        total, count = self.epoch_loss
+        mean = total / max(count, 1)
         if not self.stopped:
             self.epoch += 1
             self.hidden = None
-        mean = total / max(count, 1)
-        self.train_losses.append(mean)
+            self.train_losses.append(mean)
+            self.epoch_windows, self.epoch_loss = 0, [0.0, 0]
         return mean
 
     def _should_stop(self) -> bool:
@@ -191,7 +199,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
     def test(self) -> float:
         """Validate and write this epoch's artifacts; returns the dev NLL (per token, nats)."""
         val = self.validate()
-        e = self.epoch + (1 if self.stopped else 0)  # a partial epoch is named after the epoch it ran in
+        e = self.epoch
         if not self.dist.main:                       # artifacts: rank 0 only
             return val
         with self.opt.averaged():
@@ -208,11 +216,14 @@ class LanguageModelTrainer(RewindOnNonFinite):
                 else:
                     test_nll = nll
         train = self.train_losses[-1] if self.train_losses else float("nan")
-        print(f"epoch {e}: train NLL {train:.4f} | dev NLL {val:.4f} (ppl {perplexity(val):.1f}) | "
-              f"fixed-context NLL dev {dev_nll:.3f} test {test_nll:.3f}", flush=True)
+        # the fixed-context NLL of the few artifact contexts is too noisy to follow training (it can
+        # rise while perplexity falls): it goes to metrics.jsonl only; `lstmkit lm eval` measures it
+        # on enough contexts
+        print(f"epoch {e}: train NLL {train:.4f} (ppl {perplexity(train):.1f}) | dev NLL {val:.4f} "
+              f"(ppl {perplexity(val):.1f})", flush=True)
         self.run.log_metrics({"type": "epoch", "epoch": e, "step": self.step, "train_loss": train, "val_loss": val,
                               "fixed_context_nll_dev": dev_nll, "fixed_context_nll_test": test_nll,
-                              "elapsed_s": round(self.elapsed, 1)})
+                              "fixed_context_n": len(self.dev_ctx[0]), "elapsed_s": round(self.elapsed, 1)})
         epochs = [r for r in self.run.metrics() if r.get("type") == "epoch"]
         plot_curves(self.run.file("loss.png"), {"train": [r["train_loss"] for r in epochs],
                                                 "dev": [r["val_loss"] for r in epochs]},
@@ -229,7 +240,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
         extra = {"optim": self.opt.state_dict(), "rng": rng_state(), "hidden": hidden}
         state = {"epoch": self.epoch, "step": self.step, "val_losses": self.val_losses,
                  "train_losses": self.train_losses, "best_val": self.best_val, "elapsed": self.elapsed,
-                 "loader": self.loader.iterator.state_dict(), "lr_factor": self.lr_factor, "rewinds": self.rewinds}
+                 "loader": self.loader.iterator.state_dict(), "lr_factor": self.lr_factor, "rewinds": self.rewinds,
+                 "epoch_windows": self.epoch_windows, "epoch_loss": self.epoch_loss}
         save_checkpoint(self.run.checkpoint_dir, "last", f"{self.step:09d}", module_weights(self.model), extra, state)
         barrier(self.dist)
 
@@ -244,6 +256,9 @@ class LanguageModelTrainer(RewindOnNonFinite):
         self.val_losses, self.train_losses, self.best_val = st["val_losses"], st["train_losses"], st["best_val"]
         self.loader.iterator.load_state_dict(st["loader"])
         self.lr_factor, self.rewinds = st.get("lr_factor", 1.0), st.get("rewinds", 0)
+        self.epoch_windows = int(st.get("epoch_windows", 0))
+        self.epoch_loss = [float(v) for v in st.get("epoch_loss", [0.0, 0])]
+        self.epoch_loss[1] = int(self.epoch_loss[1])
 
     @classmethod
     def from_config(cls, config: LMConfig, run_id: str | None = None) -> "LanguageModelTrainer":
@@ -309,11 +324,28 @@ class LanguageModelTrainer(RewindOnNonFinite):
                 except Rewind as r:
                     self.rewind(r.step)
                     continue
+                if self.stopped:       # mid-epoch: commit the exact position; no validation enters the history
+                    self._stop_checkpoint()
+                    break
                 self.test()
                 if self.config.train.stop_on_plateau and should_switch_to_asgd(self.val_losses, self.config.optim.nonmono):
                     print(f"validation has not improved for {self.config.optim.nonmono} checks: done", flush=True)
                     break
         return self.final_eval()
+
+    def _stop_checkpoint(self) -> None:
+        """After a time-budget stop or Ctrl-C: save ``last`` (resume continues exactly as if never
+        stopped) and, when no validation has made a ``best`` checkpoint yet, save the current
+        (averaged) weights as ``best`` without counting them as a validation, so the run can be
+        evaluated and used; the first real validation after a resume replaces them."""
+        self.save()
+        if self.dist.main and not has_checkpoint(self.run.checkpoint_dir, "best"):
+            with self.opt.averaged():
+                save_checkpoint(self.run.checkpoint_dir, "best", f"{self.step:09d}", module_weights(self.model), {},
+                                {"epoch": self.epoch, "step": self.step, "val_loss": None})
+        it = self.loader.iterator
+        print(f"stopped at step {self.step} (epoch {self.epoch + 1}, window {self.epoch_windows} of ~{len(it)}); "
+              f"continue with: lstmkit lm train --resume {self.run.path}", flush=True)
 
     def final_eval(self) -> dict:
         """Load the best weights; dev and test perplexity (paper protocol) into ``results.json``

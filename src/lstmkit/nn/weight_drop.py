@@ -6,17 +6,94 @@ Here the raw weights stay ordinary parameters of an ordinary ``nn.LSTM``; each f
 mask per weight matrix, builds the list of weights the fused kernel expects with the dropped
 ``weight_hh`` in place of the raw one, and calls that kernel once over the whole sequence. The
 gradient reaches the raw ``weight_hh_l*`` parameters through the dropout.
+
+On CUDA the weights are written, dropped ``weight_hh`` included and already in the autocast dtype,
+into one flat buffer laid out as cuDNN expects (:class:`FlatLayout`), so cuDNN takes them without
+the per-call copy (and warning) it makes for separate tensors, and autocast has nothing to recast.
+On CPU the oneDNN kernel takes the list as it is.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+class FlatLayout(NamedTuple):
+    """Where each weight (in the kernel's order) starts in a flat buffer of ``total`` elements."""
+
+    offsets: tuple[int, ...]
+    total: int
+
+    @classmethod
+    def packed(cls, weights: list[torch.Tensor]) -> "FlatLayout":
+        """One weight after another, no gaps (what cuDNN uses for LSTMs without projections).
+
+        >>> FlatLayout.packed([torch.zeros(2, 3), torch.zeros(4)])
+        FlatLayout(offsets=(0, 6), total=10)
+        """
+        offsets, n = [], 0
+        for w in weights:
+            offsets.append(n)
+            n += w.numel()
+        return cls(tuple(offsets), n)
+
+    @classmethod
+    def of_views(cls, views: list[torch.Tensor]) -> "FlatLayout":
+        """The layout of tensors that are views into one storage (as after ``flatten_parameters``)."""
+        storage = views[0].untyped_storage()
+        if any(v.untyped_storage().data_ptr() != storage.data_ptr() or not v.is_contiguous() for v in views):
+            raise ValueError("FlatLayout.of_views: the tensors are not contiguous views of one storage")
+        return cls(tuple(v.storage_offset() for v in views), storage.nbytes() // views[0].element_size())
+
+    def build(self, weights: list[torch.Tensor], dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """Copy ``weights`` (cast to ``dtype``) into one new buffer; return views shaped like them.
+
+        Differentiable: the gradient of each view reaches its source weight. Gaps are zeros.
+
+        >>> w = [torch.ones(2, 2, requires_grad=True), torch.full((3,), 2.0, requires_grad=True)]
+        >>> views = FlatLayout((3, 0), 7).build(w)
+        >>> views[0].untyped_storage().data_ptr() == views[1].untyped_storage().data_ptr()
+        True
+        >>> views[1].storage_offset(), views[0].storage_offset()
+        (0, 3)
+        """
+        dtype = dtype or weights[0].dtype
+        order = sorted(range(len(weights)), key=lambda i: self.offsets[i])
+        pieces, pos = [], 0
+        for i in order:
+            if self.offsets[i] < pos:
+                raise ValueError(f"FlatLayout: weight {i} overlaps the one before it")
+            if self.offsets[i] > pos:
+                pieces.append(weights[0].new_zeros(self.offsets[i] - pos, dtype=dtype))
+            pieces.append(weights[i].reshape(-1).to(dtype))
+            pos = self.offsets[i] + weights[i].numel()
+        if pos > self.total:
+            raise ValueError(f"FlatLayout: weights need {pos} elements, the buffer has {self.total}")
+        if pos < self.total:
+            pieces.append(weights[0].new_zeros(self.total - pos, dtype=dtype))
+        buf = torch.cat(pieces)
+        return [buf[o: o + w.numel()].view(w.shape) for o, w in zip(self.offsets, weights)]
+
+
+def cudnn_layout(module: nn.LSTM, dtype: torch.dtype) -> FlatLayout:
+    """The layout cuDNN expects for ``module``'s weights in ``dtype`` (asked of cuDNN itself)."""
+    copies = [w.detach().to(dtype).clone() for w in module._flat_weights]
+    with torch.no_grad():   # makes `copies` views of a new flat buffer, in cuDNN's layout
+        torch._cudnn_rnn_flatten_weight(copies, 4 if module.bias else 2, module.input_size, 2,  # 2 = LSTM
+                                        module.hidden_size, module.proj_size, module.num_layers,
+                                        module.batch_first, module.bidirectional)
+    return FlatLayout.of_views(copies)
+
+
 class WeightDrop(nn.Module):
     """Wrap an ``nn.LSTM`` (any layers, uni/bidirectional) with DropConnect of rate ``p`` on every
     hidden-to-hidden matrix. Same call signature as the LSTM; deterministic in eval.
+
+    ``flat``: write the weights into one flat buffer before the kernel call - ``"auto"`` does so on
+    CUDA only (where cuDNN would otherwise copy them itself), ``"always"`` / ``"never"`` force it.
 
     Example:
         >>> wd = WeightDrop(nn.LSTM(4, 5, batch_first=True), p=0.5)
@@ -27,7 +104,7 @@ class WeightDrop(nn.Module):
         True
     """
 
-    def __init__(self, module: nn.LSTM, p: float = 0.5):
+    def __init__(self, module: nn.LSTM, p: float = 0.5, flat: str = "auto"):
         super().__init__()
         if not isinstance(module, nn.LSTM):
             raise TypeError(f"WeightDrop wraps nn.LSTM, got {type(module).__name__}")
@@ -35,8 +112,12 @@ class WeightDrop(nn.Module):
             raise ValueError("WeightDrop: LSTM with proj_size is not supported")
         if not 0.0 <= p < 1.0:
             raise ValueError(f"WeightDrop: p={p}; expected 0 <= p < 1")
+        if flat not in ("auto", "always", "never"):
+            raise ValueError(f"WeightDrop: flat={flat!r}; expected 'auto', 'always' or 'never'")
         self.module = module
         self.p = p
+        self.flat = flat
+        self._layouts: dict = {}    # (device, dtype) -> FlatLayout, found on first use
 
     def flat_weights(self) -> list[torch.Tensor]:
         """Weights in the fused kernel's order, ``weight_hh`` dropped in training."""
@@ -49,6 +130,17 @@ class WeightDrop(nn.Module):
             out.extend(w)
         return out
 
+    def use_flat_buffer(self, device: torch.device) -> bool:
+        """Whether this call builds the flat buffer (see ``flat``)."""
+        return self.flat == "always" or (self.flat == "auto" and device.type == "cuda")
+
+    def layout(self, device: torch.device, dtype: torch.dtype) -> FlatLayout:
+        key = (str(device), dtype)
+        if key not in self._layouts:
+            packed = FlatLayout.packed(self.module._flat_weights)
+            self._layouts[key] = cudnn_layout(self.module, dtype) if device.type == "cuda" else packed
+        return self._layouts[key]
+
     def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
         m = self.module
         if hx is None:
@@ -56,9 +148,16 @@ class WeightDrop(nn.Module):
             shape = (m.num_layers * (2 if m.bidirectional else 1), n, m.hidden_size)
             zeros = x.new_zeros(shape)
             hx = (zeros, zeros)
-        out, h, c = torch.lstm(x, hx, self.flat_weights(), m.bias, m.num_layers, m.dropout if self.training else 0.0,
-                               self.training, m.bidirectional, m.batch_first)
-        return out, (h, c)
+        weights = self.flat_weights()
+        args = (m.bias, m.num_layers, m.dropout if self.training else 0.0, self.training, m.bidirectional, m.batch_first)
+        if not self.use_flat_buffer(x.device):
+            out, h, c = torch.lstm(x, hx, weights, *args)
+            return out, (h, c)
+        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else weights[0].dtype
+        views = self.layout(x.device, dt).build(weights, dt)
+        with torch.autocast(x.device.type, enabled=False):   # everything is already in `dt`
+            out, h, c = torch.lstm(x.to(dt), (hx[0].to(dt), hx[1].to(dt)), views, *args)
+        return out, (h.to(hx[0].dtype), c.to(hx[1].dtype))
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, flat={self.flat!r}"

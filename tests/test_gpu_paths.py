@@ -1,0 +1,129 @@
+"""The GPU training path's pieces (issue 18), tested on CPU where their logic is device-independent
+and on CUDA when present: flat weight buffer, loss-path choice."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from lstmkit.lm.model import AWDLSTM, AWDLSTMConfig, choose_loss_path
+from lstmkit.nn.weight_drop import FlatLayout, WeightDrop
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def test_flat_layout_views_share_one_buffer_in_any_order_with_gaps():
+    ws = [torch.randn(3, 4, requires_grad=True), torch.randn(5, requires_grad=True), torch.randn(2, 2, requires_grad=True)]
+    layout = FlatLayout(offsets=(10, 0, 5), total=26)         # out of order, gaps at 9 and 22..25
+    views = layout.build(ws)
+    base = views[0].untyped_storage()
+    assert all(v.untyped_storage().data_ptr() == base.data_ptr() for v in views)
+    assert base.nbytes() // 4 == 26
+    assert [v.storage_offset() for v in views] == [10, 0, 5]
+    for v, w in zip(views, ws):
+        assert v.shape == w.shape and torch.equal(v, w) and v.is_contiguous()
+    sum((k + 1) * v.sum() for k, v in enumerate(views)).backward()
+    for k, w in enumerate(ws):                               # gradients reach the source weights
+        assert torch.equal(w.grad, torch.full_like(w, k + 1.0))
+
+
+def test_flat_layout_refuses_overlaps_and_short_buffers():
+    ws = [torch.zeros(4), torch.zeros(4)]
+    with pytest.raises(ValueError, match="overlaps"):
+        FlatLayout((0, 2), 8).build(ws)
+    with pytest.raises(ValueError, match="buffer has"):
+        FlatLayout((0, 4), 6).build(ws)
+
+
+def test_flat_layout_casts_to_the_autocast_dtype():
+    w = [torch.randn(3, 3, requires_grad=True)]
+    (v,) = FlatLayout.packed(w).build(w, torch.bfloat16)
+    assert v.dtype == torch.bfloat16 and torch.equal(v, w[0].detach().bfloat16())
+    v.float().sum().backward()
+    assert w[0].grad.dtype == torch.float32
+
+
+def test_flat_layout_reads_the_layout_of_views():
+    buf = torch.zeros(20)
+    views = [buf[4:10].view(2, 3), buf[0:4]]
+    assert FlatLayout.of_views(views) == FlatLayout((4, 0), 20)
+    with pytest.raises(ValueError):
+        FlatLayout.of_views([torch.zeros(3), torch.zeros(3)])
+
+
+def test_flat_buffer_is_used_on_cuda_only_by_default():
+    wd = WeightDrop(nn.LSTM(3, 4), 0.5)
+    assert not wd.use_flat_buffer(torch.device("cpu")) and wd.use_flat_buffer(torch.device("cuda"))
+    assert WeightDrop(nn.LSTM(3, 4), 0.5, "always").use_flat_buffer(torch.device("cpu"))
+    assert not WeightDrop(nn.LSTM(3, 4), 0.5, "never").use_flat_buffer(torch.device("cuda"))
+    with pytest.raises(ValueError, match="flat"):
+        WeightDrop(nn.LSTM(3, 4), 0.5, "sometimes")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layers,bidir", [(1, False), (2, False), (1, True)])
+def test_weight_drop_flat_buffer_equals_the_weight_list(device, layers, bidir):
+    """Same mask, same outputs, same gradients whether the weights go as a list or a flat buffer;
+    on CUDA cuDNN takes the buffer without its 'not part of single contiguous chunk' copy."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 5, num_layers=layers, bidirectional=bidir, batch_first=True).to(device)
+    a, b = WeightDrop(lstm, 0.5, "never"), WeightDrop(lstm, 0.5, "always")
+    x = torch.randn(3, 7, 6, device=device)
+    results = []
+    for wd in (a, b):
+        lstm.zero_grad()
+        torch.manual_seed(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error" if wd is b else "ignore")
+            out, (h, c) = wd(x)
+        (out.square().sum() + h.sum() + c.sum()).backward()
+        results.append((out.detach(), h.detach(), [p.grad.clone() for p in lstm.parameters()]))
+    (oa, ha, ga), (ob, hb, gb) = results
+    tol = dict(rtol=1e-5, atol=1e-6)
+    assert torch.allclose(oa, ob, **tol) and torch.allclose(ha, hb, **tol)
+    assert all(torch.allclose(p, q, **tol) for p, q in zip(ga, gb))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_awd_lstm_trains_identically_with_and_without_the_flat_buffer(device):
+    cfg = dict(vocab_size=40, emb_size=6, hidden_size=10, num_layers=3)
+    x, y = torch.randint(0, 40, (4, 9), device=device), torch.randint(0, 40, (4, 9), device=device)
+    losses = []
+    for flat in ("never", "always"):
+        torch.manual_seed(0)
+        m = AWDLSTM(AWDLSTMConfig(**cfg, flat_weights=flat)).to(device).train()
+        opt = torch.optim.SGD(m.parameters(), lr=1.0)
+        run = []
+        for _ in range(3):
+            dropped, raw, _ = m.features(x)
+            loss = m.loss(dropped, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.append(float(loss.detach()))
+        losses.append(run)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def test_loss_path_is_chosen_for_the_device_and_both_give_the_same_loss():
+    cfg = AWDLSTMConfig(vocab_size=50, emb_size=8, hidden_size=12, num_layers=2, loss_chunk=7)
+    assert choose_loss_path(cfg, torch.device("cpu")) == "chunked"
+    assert choose_loss_path(cfg, torch.device("cuda")) == "plain"
+    cfg.loss_path = "chunked"
+    assert choose_loss_path(cfg, torch.device("cuda")) == "chunked"
+    cfg.loss_path = "plain"
+    assert choose_loss_path(cfg, torch.device("cpu")) == "plain"
+    torch.manual_seed(0)
+    m = AWDLSTM(cfg).eval()
+    h, y = torch.randn(3, 5, 8), torch.randint(0, 50, (3, 5))
+    got = {}
+    for path in ("chunked", "plain"):
+        m.config.loss_path = path
+        m.zero_grad()
+        loss = m.loss(h, y)
+        loss.backward()
+        got[path] = (float(loss), m.decoder.weight.grad.clone())
+    assert got["chunked"][0] == pytest.approx(got["plain"][0], rel=1e-6)
+    assert torch.allclose(got["chunked"][1], got["plain"][1], atol=1e-6)

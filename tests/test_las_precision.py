@@ -1,0 +1,101 @@
+"""The speller's LSTM cells keep an fp32 cell state under bf16 (issue 18).
+
+CUDA autocast runs ``nn.LSTMCell`` wholly in bf16; CPU autocast does not, so the failure is
+reproduced here by running the cells in bf16 explicitly (what CUDA autocast does) and comparing
+with fp32. The expected fp32 values are the LSTM equations written out in the test.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lstmkit.las.model import LAS, LASConfig, frame_mask, lstm_cell
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def reference_step(cell: nn.LSTMCell, x, h, c):
+    """LSTM equations in float64 (Hochreiter & Schmidhuber; gate order i, f, g, o as in PyTorch)."""
+    W = [t.detach().double() for t in (cell.weight_ih, cell.bias_ih, cell.weight_hh, cell.bias_hh)]
+    z = x.double() @ W[0].T + W[1] + h.double() @ W[2].T + W[3]
+    i, f, g, o = z.chunk(4, -1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def accumulating_cell() -> nn.LSTMCell:
+    """A cell whose state grows by a small amount each step: forget gate ~1, input gate ~0.5,
+    candidate ~0.01 -> c rises ~0.005 per step, below half a bf16 unit of c once c > ~2."""
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(8, 4)
+    with torch.no_grad():
+        cell.weight_ih.uniform_(-1e-3, 1e-3)
+        cell.weight_hh.zero_()
+        b = torch.zeros(16)
+        b[4:8] = 20.0           # forget gate saturated at 1
+        b[8:12] = 0.01          # candidate tanh(0.01)
+        cell.bias_ih.copy_(b)
+        cell.bias_hh.zero_()
+    return cell
+
+
+def run(cell, steps, fn, dtype):
+    """``steps`` steps of ``fn(cell, x, state)`` from a zero state of ``dtype``; returns c."""
+    x = torch.ones(2, 8, dtype=dtype)
+    h = c = torch.zeros(2, 4, dtype=dtype)
+    with torch.no_grad():
+        for _ in range(steps):
+            h, c = fn(cell, x, (h, c))
+    return c
+
+
+def test_lstm_cell_equals_the_lstm_equations_in_fp32():
+    torch.manual_seed(1)
+    cell = nn.LSTMCell(5, 3)
+    x, h, c = torch.randn(4, 5), torch.randn(4, 3), torch.randn(4, 3)
+    with torch.no_grad():
+        h1, c1 = lstm_cell(cell, x, (h, c))
+    rh, rc = reference_step(cell, x, h.double(), c.double())
+    assert torch.allclose(h1.double(), rh, atol=1e-6) and torch.allclose(c1.double(), rc, atol=1e-6)
+
+
+def test_cell_state_accumulates_with_bf16_weights_but_not_in_a_bf16_cell():
+    cell = accumulating_cell()
+    steps = 800
+    # expected: c_t = t * 0.5 * tanh(0.01) (forget 1, input sigmoid(0 + ~0) = 0.5), written out in float64
+    ref_h = ref_c = torch.zeros(2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(steps):
+            ref_h, ref_c = reference_step(cell, torch.ones(2, 8), ref_h, ref_c)
+    assert float(ref_c.min()) > 3.0                                          # the state did grow
+    bf16 = copy.deepcopy(cell).to(torch.bfloat16)
+    ours = run(bf16, steps, lstm_cell, torch.bfloat16)                       # bf16 products, fp32 state
+    broken = run(bf16, steps, lambda m, x, s: m(x, s), torch.bfloat16)       # what CUDA autocast did
+    rel = lambda c: float(((c.double() - ref_c).abs() / ref_c.abs()).max())
+    assert rel(ours) < 0.02, rel(ours)
+    assert rel(broken) > 0.2, rel(broken)     # the test can tell the broken form apart
+    assert ours.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_speller_state_is_fp32_under_autocast_and_tracks_fp32(device):
+    torch.manual_seed(0)
+    cfg = LASConfig(vocab_size=12, listener_hidden=16, key_size=8, embed_size=8, speller_hidden=16)
+    model = LAS(cfg).to(device).eval()
+    feats, lens = torch.randn(2, 30, 40, device=device), torch.tensor([30, 21], device=device)
+    inputs = torch.randint(1, 12, (2, 40), device=device)
+    with torch.no_grad():
+        keys, values, l2 = listened = model.listener(feats, lens)
+        ref, _ = model(feats, lens, inputs, listened=listened)
+        bf = (keys.bfloat16(), values.bfloat16(), l2)          # as a bf16 listener hands them over
+        with torch.autocast(device, dtype=torch.bfloat16):
+            mask = frame_mask(l2, keys.size(1))
+            state = model.speller.init_state(bf[0], bf[1], mask)
+            for t in range(inputs.size(1)):
+                out, state, _ = model.speller.step(inputs[:, t], state, bf[0], bf[1], mask)
+            got, _ = model(feats, lens, inputs, listened=bf)
+    assert all(s.dtype == torch.float32 for s in (state.h1, state.c1, state.h2, state.c2))
+    assert (got.float() - ref).abs().max() < 0.15     # bf16 matrix products only
