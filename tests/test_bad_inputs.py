@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_corpus, tiny_config
 from lstmkit.cli import main
@@ -221,6 +222,7 @@ def test_disk_full_while_saving_keeps_the_last_good_checkpoint(world, tmp_path, 
     shutil.copytree(world / "runs" / "lm", run)
     trainer = LanguageModelTrainer.resume(run)
     before = snapshot(run / "checkpoint")
+    weights_before = load_model(run, "last").state_dict()
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
@@ -229,7 +231,8 @@ def test_disk_full_while_saving_keeps_the_last_good_checkpoint(world, tmp_path, 
         trainer.save()
     assert snapshot(run / "checkpoint") == before                  # no temp files, last.json untouched
     monkeypatch.undo()
-    assert load_model(run, "last") is not None
+    after = load_model(run, "last").state_dict()                    # the old checkpoint, whole
+    assert after.keys() == weights_before.keys() and all(torch.equal(after[k], weights_before[k]) for k in after)
 
 
 @pytest.mark.slow

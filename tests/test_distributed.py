@@ -26,7 +26,7 @@ def lm_sets(corpus):
             "--set", "model.emb_size=16", "--set", "model.hidden_size=32", "--set", "model.num_layers=2",
             "--set", "data.batch_size=8", "--set", "data.bptt=12", "--set", 'train.precision="fp32"',
             "--set", "train.n_predictions=4", "--set", "model.dropout_scale=0", "--set", "train.log_every=5",
-            "--set", "train.threads=1", "--set", "optim.lr=10"]
+            "--set", "train.threads=1", "--set", "optim.lr=1"]
 
 
 @pytest.mark.slow
@@ -39,16 +39,17 @@ def test_lm_two_ranks_equal_one_process_and_resume_on_another_world_size(tmp_pat
     run(ONE + ["lm", "train", "--runs-dir", str(runs), "--run-id", "one", "--epochs", "2"] + sets)
     one, two = records(runs / "one", "train"), records(runs / "two", "train")
     assert len(two) >= 5
-    for k, (a, b) in enumerate(zip(one, two)):                     # same steps, same global-batch loss
-        # float sums in another order drift apart slowly at lr 10: equal to 1e-4 for the first 30 steps
-        assert a["step"] == b["step"] and b["step_loss"] == pytest.approx(a["step_loss"], rel=1e-4 if k < 6 else 5e-2)
+    # same steps, same global-batch loss: the only difference is the order of the float sums in the
+    # gradient all-reduce (~1e-7 relative here; lr 1 keeps it from being amplified)
+    for a, b in zip(one, two):
+        assert a["step"] == b["step"] and b["step_loss"] == pytest.approx(a["step_loss"], rel=1e-5)
     v1, v2 = records(runs / "one", "valid")[0], records(runs / "two", "valid")[0]
-    assert v2["val_loss"] == pytest.approx(v1["val_loss"], rel=5e-2)       # the same drift as the steps
+    assert v2["val_loss"] == pytest.approx(v1["val_loss"], rel=1e-5)
     # the 2-rank checkpoint (all 8 streams' hidden state gathered on rank 0) resumes in one process
     run(ONE + ["lm", "train", "--resume", str(runs / "two"), "--epochs", "2"])
     e1, e2 = records(runs / "one", "epoch"), records(runs / "two", "epoch")
     assert [r["epoch"] for r in e2] == [1, 2]
-    assert e2[-1]["val_loss"] == pytest.approx(e1[-1]["val_loss"], rel=5e-2)
+    assert e2[-1]["val_loss"] == pytest.approx(e1[-1]["val_loss"], rel=1e-5)
     assert sorted(p.name for p in runs.iterdir()) == ["one", "two"]       # rank 1 made no folder of its own
 
 

@@ -85,3 +85,19 @@ def test_streaming_equals_batch_and_seed_reproduces_sampling():
 def test_bad_decoding_options(kw, match):
     with pytest.raises(InputError, match=match):
         TestLanguageModel.generation(PROMPTS, 3, model(), **kw)
+
+
+def test_generation_runs_no_model_step_after_the_last_word():
+    from lstmkit.lm.generate import TestLanguageModel
+    from lstmkit.lm.model import AWDLSTM, AWDLSTMConfig
+    torch.manual_seed(0)
+    m = AWDLSTM(AWDLSTMConfig(vocab_size=30, emb_size=8, hidden_size=8, num_layers=1)).eval()
+    calls = []
+    original = m.features
+    m.features = lambda *a, **k: (calls.append(a[0].shape), original(*a, **k))[1]
+    x = np.zeros((2, 4), dtype=np.int64)
+    for beam in (1, 3):
+        calls.clear()
+        out = TestLanguageModel.generation(x, 5, m, beam=beam)
+        assert out.shape == (2, 5)
+        assert len(calls) == 5          # the prompt, then one step for each of the first 4 new words

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -80,22 +82,76 @@ def save_checkpoint(folder: Path, name: str, tag: str, weights: dict[str, torch.
     _atomic_via(folder / files["model"], lambda p: save_file(contiguous, p))
     _atomic_via(folder / files["extra"], lambda p: torch.save(extra, p))
     pointer = folder / f"{name}.json"
-    old = _read_pointer(pointer) if pointer.exists() else None
+    try:
+        old = _read_pointer(pointer) if pointer.exists() else None
+    except InputError:      # an unreadable or hostile old pointer: replace it, delete nothing it names
+        old = None
     record = {"tag": tag, "files": {k: {"name": v, "sha256": _sha256(folder / v),
                                         "bytes": (folder / v).stat().st_size} for k, v in files.items()},
-              "state": state}
+              "state": state, "state_sha256": _state_sha256(state)}
     atomic_write_text(pointer, json.dumps(record, indent=1))
-    if old:  # the new checkpoint is whole: drop the files the old pointer named
-        for f in old.get("files", {}).values():
+    if old:  # the new checkpoint is whole: drop the files the old pointer named (inside the folder only)
+        for f in old["files"].values():
             if f["name"] not in files.values():
                 (folder / f["name"]).unlink(missing_ok=True)
 
 
+_FILE_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]*\.[0-9A-Za-z_.-]+")
+_SUFFIX = {"model": ".model.safetensors", "extra": ".extra.pt"}
+
+
+def _state_sha256(state: dict) -> str:
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _checked_pointer(rec: Any, pointer: Path) -> dict:
+    """The pointer's structure, every file name a plain name of the expected kind inside the pointer's
+    folder (never a path: no '/', '..', absolute paths or links out), and the state's hash."""
+    where = str(pointer)
+    if not isinstance(rec, dict) or not isinstance(rec.get("files"), dict) or not isinstance(rec.get("state"), dict):
+        raise InputError(where, "a pointer without 'files' and 'state' objects", "a checkpoint pointer written by lstmkit")
+    folder = pointer.parent.resolve()
+    for kind, suffix in _SUFFIX.items():
+        f = rec["files"].get(kind)
+        if not isinstance(f, dict):
+            raise InputError(f"{where}: files.{kind}", "missing", "an object with name, sha256 and bytes")
+        name = f.get("name")
+        if not (isinstance(name, str) and _FILE_NAME.fullmatch(name) and name.endswith(suffix)
+                and (folder / name).resolve().parent == folder):
+            raise InputError(f"{where}: files.{kind}.name", f"found {name!r}",
+                             f"a file name ending in {suffix} inside {pointer.parent} (no paths)")
+        if not isinstance(f.get("sha256"), str) or isinstance(f.get("bytes"), bool) or not isinstance(f.get("bytes"), int):
+            raise InputError(f"{where}: files.{kind}", "sha256/bytes missing or of the wrong type",
+                             "sha256 as a hex string and bytes as an integer")
+    if set(rec["files"]) != set(_SUFFIX):
+        raise InputError(f"{where}: files", f"entries {sorted(rec['files'])}", f"exactly {sorted(_SUFFIX)}")
+    if "state_sha256" in rec and rec["state_sha256"] != _state_sha256(rec["state"]):
+        raise InputError(f"{where}: state", "edited after the checkpoint was written (sha256 differs)",
+                         "the state lstmkit wrote")
+    return rec
+
+
+def check_state(state: dict, where: str, spec: dict[str, tuple]) -> None:
+    """Validate trainer state read from a pointer: ``spec`` maps a key to ``(type, min, max)``
+    (``max`` may be None); a missing key is allowed only where the trainer has a default."""
+    for key, (kind, lo, hi) in spec.items():
+        if key not in state:
+            continue
+        v = state[key]
+        ok = isinstance(v, kind) and not isinstance(v, bool)
+        if ok and isinstance(v, (int, float)):
+            ok = math.isfinite(v) and v >= lo and (hi is None or v <= hi)
+        if not ok:
+            rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise InputError(f"{where}: state.{key}", f"found {v!r}", f"a finite {getattr(kind, '__name__', kind)} {rng}")
+
+
 def _read_pointer(pointer: Path) -> dict:
     try:
-        return json.loads(pointer.read_text(encoding="utf-8"))
+        rec = json.loads(pointer.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(str(pointer), f"checkpoint pointer unreadable ({e})", "a JSON file written by lstmkit") from None
+    return _checked_pointer(rec, pointer)
 
 
 def has_checkpoint(folder: Path, name: str = "last") -> bool:
@@ -123,7 +179,11 @@ def load_checkpoint(folder: Path, name: str = "last", map_location: str | torch.
         if path.stat().st_size != f["bytes"] or _sha256(path) != f["sha256"]:
             raise InputError(str(path), "checkpoint file is truncated or corrupted (size/sha256 differ)" + hint,
                              f"{f['bytes']} bytes with sha256 {f['sha256'][:12]}...")
-    weights = load_file(str(folder / rec["files"]["model"]["name"]), device=str(map_location))
+    try:
+        weights = load_file(str(folder / rec["files"]["model"]["name"]), device=str(map_location))
+    except Exception as e:  # not a safetensors file
+        raise InputError(str(folder / rec["files"]["model"]["name"]), f"unreadable weights ({type(e).__name__})",
+                         "a safetensors file written by lstmkit") from None
     try:
         extra = torch.load(folder / rec["files"]["extra"]["name"], map_location=map_location, weights_only=True)
     except Exception as e:  # pickle.UnpicklingError and friends: refuse, do not execute

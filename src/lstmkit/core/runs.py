@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, plain_name
 from .checkpoint import atomic_write_text
 
 MARKER = "config.toml"
@@ -33,7 +33,14 @@ class RunFolder:
     @classmethod
     def create(cls, root: str | Path = "runs", run_id: str | None = None) -> "RunFolder":
         root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
+        if run_id:
+            plain_name(run_id, "--run-id / run_id", "run id")
+        if root.exists() and not root.is_dir():
+            raise InputError(str(root), "not a folder", "a folder for run folders (--runs-dir)")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(str(root), f"cannot create the runs folder ({e.strerror})", "a writable folder (--runs-dir)") from None
         stamp = int(time.time())
         name = run_id or str(stamp)
         path = root / name
@@ -42,7 +49,10 @@ class RunFolder:
             if run_id:
                 raise InputError(str(path), "run folder already exists", "a new run_id, or --resume to continue it")
             path, n = root / f"{stamp}-{n}", n + 1
-        path.mkdir()
+        try:
+            path.mkdir()
+        except OSError as e:
+            raise InputError(str(path), f"cannot create the run folder ({e.strerror})", "a writable --runs-dir") from None
         return cls(path)
 
     @classmethod

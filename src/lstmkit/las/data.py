@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, plain_name
 
 PAD, SOS, EOS = "<pad>", "<sos>", "<eos>"
 
@@ -77,7 +77,7 @@ def write_split(folder: Path, utterances: Sequence[Utterance]) -> None:
     (folder / "feats").mkdir(parents=True, exist_ok=True)
     lines, spans = [], []
     for u in utterances:
-        np.save(folder / "feats" / f"{u.id}.npy", u.features.astype(np.float32))
+        np.save(folder / "feats" / f"{plain_name(u.id, str(folder), 'utterance id')}.npy", u.features.astype(np.float32))
         lines.append(f"{u.id}\t{u.text}")
         if u.spans is not None:
             spans.append(json.dumps({"id": u.id, "spans": [list(s) for s in u.spans]}))
@@ -114,8 +114,15 @@ def read_split(folder: str | Path, n_bands: int | None = 40, allow_empty: bool =
         if "\t" not in row:
             raise InputError(f"{tsv}:{k}", f"line {row[:40]!r} has no TAB", "<utt_id> TAB <transcript>")
         uid, text = row.split("\t", 1)
+        plain_name(uid, f"{tsv}:{k}", "utterance id")
+        if "\t" in text:
+            raise InputError(f"{tsv}:{k}", f"{text.count(chr(9)) + 2} TAB-separated columns", "two: <utt_id> TAB <transcript>")
+        if uid in listed:
+            raise InputError(f"{tsv}:{k}", f"utterance id {uid!r} listed twice", "each utterance once")
         listed.add(uid)
         path = feats_dir / f"{uid}.npy"
+        if path.is_symlink() and path.resolve().parent != feats_dir.resolve():
+            raise InputError(str(path), "a link to a file outside the feats folder", "the features inside feats/")
         if not path.is_file():
             raise InputError(str(path), f"features of utterance {uid!r} (line {k} of transcripts.tsv) not found",
                              "one feats/<utt_id>.npy per transcript line")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, plain_name
 from .data import Utterance, write_split
 from .features import FeatureConfig, cmvn, log_mel, read_wav, speed_perturb, wav_features
 
@@ -39,6 +39,7 @@ def prepare_folder(src: str | Path, out: str | Path, cfg: FeatureConfig) -> dict
             if "\t" not in row:
                 raise InputError(f"{folder / 'transcripts.tsv'}:{k}", f"line {row[:40]!r} has no TAB", "<id> TAB <text>")
             uid, text = row.split("\t", 1)
+            plain_name(uid, f"{folder / 'transcripts.tsv'}:{k}", "utterance id")
             utts.append(Utterance(uid, wav_features(folder / "wav" / f"{uid}.wav", cfg), text.strip().lower(), None))
         write_split(out / folder.name, utts)
         counts[folder.name] = len(utts)

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
-from ..core.checkpoint import (has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state,
+from ..core.checkpoint import (check_state, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state,
                                save_checkpoint, set_rng_state)
 from ..core.device import pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, init_distributed, wrap
@@ -278,6 +278,10 @@ class LASTrainer(RewindOnNonFinite):
     def _restore(self) -> None:
         """Load the ``last`` checkpoint: weights, optimizer, every RNG, position in the epoch."""
         weights, extra, st = load_checkpoint(self.run.checkpoint_dir, "last", self.runtime.device)
+        check_state(st, str(self.run.checkpoint_dir / "last.json"),
+                    {"epoch": (int, 0, self.config.train.epochs), "step": (int, 0, None), "batch_in_epoch": (int, 0, None),
+                     "elapsed": ((int, float), 0, None), "lr_factor": ((int, float), 1e-30, 1.0), "rewinds": (int, 0, None),
+                     "history": (list, 0, None), "epoch_loss": (list, 0, None), "epoch_rng": (dict, 0, None)})
         load_module_weights(self.model, weights, str(self.run.checkpoint_dir))
         self.opt.load_state_dict(extra["optim"])
         if self.averaged is not None and "averaged" in extra:

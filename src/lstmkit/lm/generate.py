@@ -164,10 +164,12 @@ def iter_generation(inp, forward: int, model, temperature=None, top_k=None, top_
     try:
         dropped, _, hidden = model.features(x)
         history, last = x, dropped[:, -1]
-        for _ in range(int(forward)):
+        for k in range(int(forward)):
             scores = shape_scores(model.decode(last).float(), history, repetition_penalty, no_repeat_ngram_size)
             nxt = sample_next(scores, temperature, top_k, top_p, gen)                  # (N,)
             yield nxt
+            if k + 1 == int(forward):       # the last word needs no state after it
+                break
             history = torch.cat([history, nxt[:, None]], 1)
             dropped, _, hidden = model.features(nxt[:, None], hidden)
             last = dropped[:, -1]
@@ -184,15 +186,17 @@ def _beam_generate(model, x: torch.Tensor, forward: int, k: int, repetition_pena
     last, history = dropped[rows, -1], x[rows]
     score = torch.full((n, k), float("-inf"), device=x.device)
     score[:, 0] = 0.0
-    for _ in range(forward):
+    for step in range(forward):
         logp = shape_scores(model.decode(last).float(), history, repetition_penalty, ngram).log_softmax(-1)
         v = logp.size(1)
         top, idx = (score.view(-1, 1) + logp).view(n, k * v).topk(k, dim=1)
         src = (idx // v + torch.arange(n, device=x.device)[:, None] * k).view(-1)
         tok = (idx % v).view(-1)
         history = torch.cat([history[src], tok[:, None]], 1)
-        hidden = [(h[:, src], c[:, src]) for h, c in hidden]
         score = top
+        if step + 1 == forward:             # the last word needs no state after it
+            break
+        hidden = [(h[:, src], c[:, src]) for h, c in hidden]
         dropped, _, hidden = model.features(tok[:, None], hidden)
         last = dropped[:, -1]
     best = score.argmax(1) + torch.arange(n, device=x.device) * k

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
-from ..core.checkpoint import has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
+from ..core.checkpoint import check_state, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
 from ..core.device import Runtime, pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, gather_rows, init_distributed, wrap
 from ..core.plots import plot_curves
@@ -247,6 +247,13 @@ class LanguageModelTrainer(RewindOnNonFinite):
 
     def _restore(self) -> None:
         weights, extra, st = load_checkpoint(self.run.checkpoint_dir, "last", self.runtime.device)
+        where = str(self.run.checkpoint_dir / "last.json")
+        check_state(st, where, {"epoch": (int, 0, self.config.train.epochs), "step": (int, 0, None),
+                                "elapsed": ((int, float), 0, None), "lr_factor": ((int, float), 1e-30, 1.0),
+                                "rewinds": (int, 0, None), "epoch_windows": (int, 0, None),
+                                "val_losses": (list, 0, None), "train_losses": (list, 0, None),
+                                "loader": (dict, 0, None), "epoch_loss": (list, 0, None)})
+        check_state(st["loader"], where + ": loader", {"pos": (int, 0, self.loader.iterator.rows.size(1))})
         load_module_weights(self.model, weights, str(self.run.checkpoint_dir))
         self.opt.load_state_dict(extra["optim"])
         set_rng_state(extra["rng"])

@@ -39,13 +39,13 @@ class LockedDropout(nn.Module):
         return f"p={self.p}"
 
 
-def embedding_dropout(embed: nn.Embedding, tokens: torch.Tensor, p: float, training: bool,
-                      scale: torch.Tensor | None = None) -> torch.Tensor:
+def embedding_dropout(embed: nn.Embedding, tokens: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Look up ``tokens`` (N, T) in ``embed`` with whole words dropped (AWD-LSTM section 4.3).
 
     Each vocabulary row is zeroed with probability ``p`` for the whole batch (every occurrence of a
-    dropped word vanishes), kept rows are scaled by 1/(1-p). Only the rows used by the batch are
-    touched, so the cost does not grow with the vocabulary. Returns (N, T, E).
+    dropped word vanishes), kept rows are scaled by 1/(1-p). The (V, E) weight is never copied: one
+    random number is drawn per vocabulary row (V of them, as the paper's code draws its (V, 1) mask)
+    and the mask is applied to the looked-up rows only. Returns (N, T, E).
 
     Example:
         >>> emb = nn.Embedding(10, 3)
