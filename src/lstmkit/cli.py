@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from .cli_types import (Parser, finite_float, float_list, new_tokens, nonneg_float, nonneg_int, positive_float,
+                        positive_int, probability_mass, unit_half_open, unit_interval)
 from .errors import InputError
 
 
@@ -19,9 +21,9 @@ def _overrides(args) -> dict:
     for s in args.set or []:
         out = merge(out, parse_override(s))
     for flag, key in (("max_minutes", "max_minutes"), ("epochs", "epochs"), ("runs_dir", "runs_dir")):
-        if getattr(args, flag, None):
+        if getattr(args, flag, None) is not None:
             out = merge(out, {"train": {key: getattr(args, flag)}})
-    if getattr(args, "data", None):
+    if getattr(args, "data", None) is not None:
         out = merge(out, {"data": {"path": args.data}})
     return out
 
@@ -73,8 +75,7 @@ def lm_eval(args) -> int:
         theta, lam = args.theta, args.lam
         if args.cache_grid:
             t0 = time.time()
-            grid = cache_grid(model, corpus.valid, [float(v) for v in args.grid_thetas.split(",")],
-                              [float(v) for v in args.grid_lambdas.split(",")], args.window, bs, cfg.data.bptt, rt)
+            grid = cache_grid(model, corpus.valid, args.grid_thetas, args.grid_lambdas, args.window, bs, cfg.data.bptt, rt)
             best = min(grid, key=lambda r: r["loss"])
             theta, lam = best["theta"], best["lambda"]
             out["cache_grid_valid"] = {"best": best, "seconds": round(time.time() - t0, 1), "n": len(grid)}
@@ -226,11 +227,16 @@ def las_plot(args) -> int:
     import numpy as np
     from .core.plots import plot_attention
     from .core.runs import RunFolder
-    run = RunFolder.open(args.run)
+    run = RunFolder.open(args.run, "las")
     path = run.path / "attention.npy"
     if not path.is_file():
         raise InputError(str(path), "not found", "a LAS run folder that has validated at least once")
-    att = np.load(path)
+    try:
+        att = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise InputError(str(path), f"unreadable ({str(e)[:100]})", "a float array (plots, steps, frames) written by training") from None
+    if att.ndim != 3 or att.dtype.kind != "f" or not np.isfinite(att).all():
+        raise InputError(str(path), f"array {att.dtype} {att.shape}", "finite floats of shape (plots, steps, frames)")
     for i, a in enumerate(att):
         rows = a[a.sum(-1) > 0]
         cols = int((a.sum(0) > 0).nonzero()[0].max()) + 1 if rows.size else a.shape[1]
@@ -241,15 +247,15 @@ def las_plot(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lstmkit", description=__doc__.splitlines()[0])
+    p = Parser(prog="lstmkit", description=__doc__.splitlines()[0])
     top = p.add_subparsers(dest="family", required=True)
     lm = top.add_parser("lm", help="AWD-LSTM word language model").add_subparsers(dest="cmd", required=True)
 
     t = lm.add_parser("train", help="train from a TOML config (or resume a run)")
     t.add_argument("--config", default="configs/wt2-cpu.toml")
     t.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its last checkpoint")
-    t.add_argument("--max-minutes", type=float)
-    t.add_argument("--epochs", type=int)
+    t.add_argument("--max-minutes", type=positive_float)
+    t.add_argument("--epochs", type=positive_int)
     t.add_argument("--run-id", help="name of the run folder (default: unix time)")
     t.add_argument("--runs-dir", help="parent folder of run folders (default from config: runs)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=20")
@@ -257,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = lm.add_parser("finetune", help="the paper's fine-tuning stage: averaged training from a run's best weights")
     f.add_argument("run")
-    f.add_argument("--max-minutes", type=float)
-    f.add_argument("--epochs", type=int)
+    f.add_argument("--max-minutes", type=positive_float)
+    f.add_argument("--epochs", type=positive_int)
     f.add_argument("--run-id", help="name of the new run folder (default: RUN-finetune)")
     f.add_argument("--runs-dir")
     f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=15")
@@ -268,50 +274,50 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--split", default="test", choices=("valid", "test"))
     e.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    e.add_argument("--batch-size", type=int)
-    e.add_argument("--n-contexts", type=int, default=2000)
+    e.add_argument("--batch-size", type=positive_int)
+    e.add_argument("--n-contexts", type=nonneg_int, default=2000)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"))
     e.add_argument("--cache", action="store_true", help="add the neural cache (Grave et al. 2016)")
-    e.add_argument("--window", type=int, default=3785, help="cache window (tokens)")
-    e.add_argument("--theta", type=float, default=0.6625, help="cache flatness: softmax(theta * h_t . h_i)")
-    e.add_argument("--lambda", dest="lam", type=float, default=0.1279, help="cache weight in the mixture")
+    e.add_argument("--window", type=positive_int, default=3785, help="cache window (tokens)")
+    e.add_argument("--theta", type=nonneg_float, default=0.6625, help="cache flatness: softmax(theta * h_t . h_i)")
+    e.add_argument("--lambda", dest="lam", type=unit_interval, default=0.1279, help="cache weight in the mixture")
     e.add_argument("--cache-grid", action="store_true", help="pick theta and lambda on the valid split first")
-    e.add_argument("--grid-thetas", default="0.1,0.2,0.3,0.5,0.7,1.0")
-    e.add_argument("--grid-lambdas", default="0.05,0.1,0.15,0.2,0.25,0.3")
+    e.add_argument("--grid-thetas", type=float_list, default="0.1,0.2,0.3,0.5,0.7,1.0")
+    e.add_argument("--grid-lambdas", type=float_list, default="0.05,0.1,0.15,0.2,0.25,0.3")
     e.add_argument("--dynamic-eval", action="store_true", help="adapt the weights on the stream (Krause et al. 2017)")
     e.add_argument("--de-method", default="rms", choices=("rms", "sgd"))
-    e.add_argument("--de-lr", type=float, default=2e-5)
-    e.add_argument("--de-decay", type=float, default=0.02)
-    e.add_argument("--de-bptt", type=int, default=5, help="segment length: one update per segment")
-    e.add_argument("--de-batch-size", type=int, default=1)
-    e.add_argument("--de-eps", type=float, default=1e-3, help="rms: added to the gradient RMS (default 1e-3)")
-    e.add_argument("--de-grad-batches", type=int, default=100,
+    e.add_argument("--de-lr", type=nonneg_float, default=2e-5)
+    e.add_argument("--de-decay", type=unit_half_open, default=0.02)
+    e.add_argument("--de-bptt", type=positive_int, default=5, help="segment length: one update per segment")
+    e.add_argument("--de-batch-size", type=positive_int, default=1)
+    e.add_argument("--de-eps", type=nonneg_float, default=1e-3, help="rms: added to the gradient RMS (default 1e-3)")
+    e.add_argument("--de-grad-batches", type=nonneg_int, default=100,
                    help="rms: training windows (of --de-bptt tokens, 100 rows) for the gradient statistics; 0 = all")
     e.set_defaults(func=lm_eval)
 
     g = lm.add_parser("generate", help="continue a prompt")
     g.add_argument("run")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=20)
+    g.add_argument("--max-new-tokens", type=new_tokens, default=20)
     g.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--top-p", type=float)
+    g.add_argument("--temperature", type=positive_float)
+    g.add_argument("--top-k", type=positive_int)
+    g.add_argument("--top-p", type=probability_mass)
     g.add_argument("--seed", type=int)
-    g.add_argument("--beam", type=int, default=1, help="beam search width (1 = greedy/sampling, streamed)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages words already used")
-    g.add_argument("--no-repeat-ngram-size", type=int, default=0, help="never repeat an n-gram of this size")
+    g.add_argument("--beam", type=positive_int, default=1, help="beam search width (1 = greedy/sampling, streamed)")
+    g.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 discourages words already used")
+    g.add_argument("--no-repeat-ngram-size", type=nonneg_int, default=0, help="never repeat an n-gram of this size")
     g.add_argument("--no-stream", action="store_true", help="print the continuation at the end, not word by word")
     g.set_defaults(func=lm_generate)
 
     las = top.add_parser("las", help="Listen, Attend and Spell").add_subparsers(dest="cmd", required=True)
     m = las.add_parser("make-toy", help="write a toy speech data set in the real-data folder layout")
     m.add_argument("out")
-    m.add_argument("--n-train", type=int, default=5000)
-    m.add_argument("--n-val", type=int, default=500)
-    m.add_argument("--n-bands", type=int, default=40)
+    m.add_argument("--n-train", type=positive_int, default=5000)
+    m.add_argument("--n-val", type=positive_int, default=500)
+    m.add_argument("--n-bands", type=positive_int, default=40)
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=las_make_toy)
 
@@ -319,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default="configs/las-toy.toml")
     t.add_argument("--data", help="data folder with train/ and val/ (default: toy data generated in memory)")
     t.add_argument("--resume", metavar="RUN")
-    t.add_argument("--max-minutes", type=float)
-    t.add_argument("--epochs", type=int)
+    t.add_argument("--max-minutes", type=positive_float)
+    t.add_argument("--epochs", type=positive_int)
     t.add_argument("--run-id")
     t.add_argument("--runs-dir")
     t.add_argument("--set", action="append", metavar="KEY=VALUE")
@@ -330,15 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("run")
     d.add_argument("data", help="a split folder (transcripts.tsv + feats/)")
     d.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    d.add_argument("--batch-size", type=int, default=64)
-    d.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
-    d.add_argument("--length-norm", type=float, default=1.0, help="finished score / length ** this (beam > 1)")
-    d.add_argument("--window", type=int, help="attend only within [peak-1, peak+W] frames of the previous "
+    d.add_argument("--batch-size", type=positive_int, default=64)
+    d.add_argument("--beam", type=positive_int, default=1, help="beam width (1 = greedy)")
+    d.add_argument("--length-norm", type=nonneg_float, default=1.0, help="finished score / length ** this (beam > 1)")
+    d.add_argument("--window", type=nonneg_int, help="attend only within [peak-1, peak+W] frames of the previous "
                                               "step's peak (0 = off; default: the model's decode_window)")
     d.add_argument("--lm", help="shallow fusion with this character-level LM run folder (lstmkit lm train, data.unit = \"char\")")
-    d.add_argument("--lm-weight", type=float, default=0.3, help="lambda: score = log p_LAS + lambda * log p_LM")
-    d.add_argument("--length-bonus", type=float, default=0.0, help="added to the score per emitted character")
-    d.add_argument("--ctc-weight", type=float, help="joint CTC/attention decoding: score = (1-w) attention + w CTC prefix "
+    d.add_argument("--lm-weight", type=nonneg_float, default=0.3, help="lambda: score = log p_LAS + lambda * log p_LM")
+    d.add_argument("--length-bonus", type=finite_float, default=0.0, help="added to the score per emitted character")
+    d.add_argument("--ctc-weight", type=unit_interval, help="joint CTC/attention decoding: score = (1-w) attention + w CTC prefix "
                                                      "score (default: the run's train.val_ctc_weight; 0 = attention alone)")
     d.set_defaults(func=las_decode)
 
@@ -348,20 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--recipe", default="folder", choices=("folder", "fsdd", "librispeech-mini"))
     pr.add_argument("--split", default="official", choices=("official", "speaker"), help="fsdd: take-index or held-out speaker")
     pr.add_argument("--held-out", default="theo", help="fsdd --split speaker: the validation speaker")
-    pr.add_argument("--n-train", type=int, default=3000, help="fsdd: digit-string training utterances")
-    pr.add_argument("--n-val", type=int, default=300, help="fsdd: digit-string validation utterances")
+    pr.add_argument("--n-train", type=positive_int, default=3000, help="fsdd: digit-string training utterances")
+    pr.add_argument("--n-val", type=positive_int, default=300, help="fsdd: digit-string validation utterances")
     pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--speed-perturb", type=float, default=0.0,
+    pr.add_argument("--speed-perturb", type=unit_half_open, default=0.0,
                     help="fsdd: play each training utterance at a random speed in 1 +- this (pitch, formants and "
                          "tempo change together, Ko et al. 2015); 0 = off")
-    pr.add_argument("--level-dbfs", type=float, help="fsdd: scale every recording to this RMS level (e.g. -26) before "
+    pr.add_argument("--level-dbfs", type=finite_float, help="fsdd: scale every recording to this RMS level (e.g. -26) before "
                                                      "joining; FSDD speakers were recorded up to 20 dB apart")
-    pr.add_argument("--gain-db", type=float, default=0.0, help="fsdd: random gain in +- this many dB per training recording")
-    pr.add_argument("--noise-snr-db", type=float, nargs=2, metavar=("LO", "HI"),
+    pr.add_argument("--gain-db", type=nonneg_float, default=0.0, help="fsdd: random gain in +- this many dB per training recording")
+    pr.add_argument("--noise-snr-db", type=finite_float, nargs=2, metavar=("LO", "HI"),
                     help="fsdd: add white noise to each training utterance at a random SNR in [LO, HI] dB")
-    pr.add_argument("--bands", type=int, default=40, help="mel bands (librispeech-mini: pool 80 -> this)")
-    pr.add_argument("--hop-ms", type=float, default=10.0, help="frame shift (window stays 25 ms)")
-    pr.add_argument("--sample-rate", type=int, help="resample audio to this rate (fsdd default 8000, folder 16000)")
+    pr.add_argument("--bands", type=positive_int, default=40, help="mel bands (librispeech-mini: pool 80 -> this)")
+    pr.add_argument("--hop-ms", type=positive_float, default=10.0, help="frame shift (window stays 25 ms)")
+    pr.add_argument("--sample-rate", type=positive_int, help="resample audio to this rate (fsdd default 8000, folder 16000)")
     pr.set_defaults(func=las_prepare)
 
     pl = las.add_parser("plot", help="re-draw attention plots of a run from its attention.npy")
@@ -380,3 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lstmkit: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:        # disk full, read-only folder, permissions: one line, nothing written is lost
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"lstmkit: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2

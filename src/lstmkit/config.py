@@ -10,7 +10,10 @@ file and the field. Ranges come from each field's ``metadata``::
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:      # Python 3.10: the same parser from PyPI (a dependency there)
+    import tomli as tomllib
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -97,6 +100,10 @@ def from_dict(cls: type[T], data: dict, source: str = "<config>", prefix: str = 
     for f in dataclasses.fields(obj):
         if not dataclasses.is_dataclass(hints[f.name]) and f.name not in kwargs:
             _check_value(getattr(obj, f.name), f, hints[f.name], f"{source}: field '{prefix}{f.name}'")
+    problem = obj.cross_check() if hasattr(obj, "cross_check") else None   # rules that join several fields
+    if problem:
+        name, found, expected = problem
+        raise InputError(f"{source}: field '{prefix}{name}'", found, expected)
     return obj
 
 

@@ -77,6 +77,8 @@ def save_checkpoint(folder: Path, name: str, tag: str, weights: dict[str, torch.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):     # left by a writer killed mid-write (one writer per run)
+        stale.unlink(missing_ok=True)
     files = {"model": f"{tag}.{name}.model.safetensors", "extra": f"{tag}.{name}.extra.pt"}
     contiguous = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     _atomic_via(folder / files["model"], lambda p: save_file(contiguous, p))
@@ -152,6 +154,14 @@ def _read_pointer(pointer: Path) -> dict:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(str(pointer), f"checkpoint pointer unreadable ({e})", "a JSON file written by lstmkit") from None
     return _checked_pointer(rec, pointer)
+
+
+def require_resumable(run_path: Path, family: str) -> None:
+    """Refuse ``--resume`` of a run stopped before its first checkpoint, saying what to do."""
+    if not has_checkpoint(Path(run_path) / "checkpoint", "last"):
+        raise InputError(str(run_path), "no checkpoint yet: the run stopped before its first one was written",
+                         f"a run with checkpoint/last.json; start it again: lstmkit {family} train --config "
+                         f"{Path(run_path) / 'config.toml'} --run-id <new id>")
 
 
 def has_checkpoint(folder: Path, name: str = "last") -> bool:

@@ -64,11 +64,27 @@ class RunFolder:
         return cls(Path(path), readonly=not dist.main)
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunFolder":
+    def open(cls, path: str | Path, family: str | None = None) -> "RunFolder":
+        """Open an existing run; ``family`` ('lm' or 'las') also checks which model it holds."""
         path = Path(path)
         if not (path / MARKER).is_file():
             raise InputError(str(path), f"not a run folder (no {MARKER})", "a folder written by `lstmkit ... train`")
-        return cls(path)
+        run = cls(path)
+        if family is not None and run.family() not in (family, None):
+            names = {"lm": "a language-model run (lstmkit lm)", "las": "a speech-recognition run (lstmkit las)"}
+            raise InputError(str(path), f"this is {names[run.family()]}", names[family])
+        return run
+
+    def family(self) -> str | None:
+        """'lm' or 'las', read from the ``[model]`` table of config.toml (None if it cannot tell)."""
+        from ..config import tomllib
+        try:
+            model = tomllib.loads((self.path / MARKER).read_text(encoding="utf-8")).get("model", {})
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return None
+        if not isinstance(model, dict):
+            return None
+        return "las" if "listener_hidden" in model else "lm" if "hidden_size" in model else None
 
     def file(self, name: str) -> Path:
         """Path of an artifact inside the run (parent folders created)."""

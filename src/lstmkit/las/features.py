@@ -39,6 +39,11 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         raise InputError(str(path), f"unreadable audio ({e})", "a WAV/FLAC file readable by soundfile") from None
     if x.shape[0] == 0:
         raise InputError(str(path), "no samples", "a non-empty recording")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(1).sum())
+        raise InputError(str(path), f"{bad} samples are NaN or infinite", "finite samples (a float WAV with NaN/inf is damaged)")
+    if rate <= 0:
+        raise InputError(str(path), f"sample rate {rate}", "a positive sample rate")
     return x.mean(1), int(rate)
 
 

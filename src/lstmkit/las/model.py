@@ -40,6 +40,14 @@ class LASConfig:
     decode_window: int = field(default=0, metadata={"min": 0})        # >0, eval only: attend within [peak-1, peak+W]
     ctc_weight: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})  # joint CTC on the listener
 
+    def cross_check(self) -> tuple[str, str, str] | None:
+        """A rule that joins fields (odd kernel widths), broken: ``(field, found, expected)``; else None."""
+        if self.location_kernel % 2 == 0:
+            return "location_kernel", f"found {self.location_kernel}", "an odd width (the window is centred)"
+        if self.frontend_kernel > 0 and self.frontend_kernel % 2 == 0:
+            return "frontend_kernel", f"found {self.frontend_kernel}", "0 (off) or an odd width"
+        return None
+
 
 def reverse_within_length(lengths: torch.Tensor, s: int) -> torch.Tensor:
     """(N, S) gather index that reverses each row's first ``length`` frames and keeps padding in place.

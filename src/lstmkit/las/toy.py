@@ -37,6 +37,17 @@ class ToyConfig:
     alphabet: str = ALPHABET
     seed: int = 0
 
+    def cross_check(self) -> tuple[str, str, str] | None:
+        """Rules that join fields, broken: ``(field, found, expected)``; else None."""
+        if self.min_chars > self.max_chars:
+            return "min_chars", f"found {self.min_chars} > max_chars {self.max_chars}", "min_chars <= max_chars"
+        if self.min_frames > self.max_frames:
+            return "min_frames", f"found {self.min_frames} > max_frames {self.max_frames}", "min_frames <= max_frames"
+        a = self.alphabet
+        if not a or len(set(a)) != len(a) or any(c in a for c in "\t\n\r"):
+            return "alphabet", f"found {a!r}", "one or more distinct characters, no TAB or line breaks"
+        return None
+
 
 def symbol_spectra(cfg: ToyConfig) -> np.ndarray:
     """The fixed embedding of every symbol: (len(alphabet), F) unit-normal, from ``cfg.seed``."""

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
-from ..core.checkpoint import (check_state, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state,
+from ..core.checkpoint import (check_state, require_resumable, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state,
                                save_checkpoint, set_rng_state)
 from ..core.device import pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, init_distributed, wrap
@@ -268,7 +268,8 @@ class LASTrainer(RewindOnNonFinite):
 
     @classmethod
     def resume(cls, run_dir: str | Path, overrides: dict | None = None) -> "LASTrainer":
-        run = RunFolder.open(run_dir)
+        run = RunFolder.open(run_dir, "las")
+        require_resumable(run.path, "las")
         cfg = load_toml(LASRunConfig, run.path / "config.toml", overrides)
         vocab = CharVocabulary(json.loads((run.path / "chars.json").read_text(encoding="utf-8")))
         t = cls(cfg, run=run, vocab=vocab)
@@ -336,13 +337,13 @@ class LASTrainer(RewindOnNonFinite):
 
 def run_ctc_weight(run_dir: str | Path) -> float:
     """The joint CTC weight a run validated with (``train.val_ctc_weight``); 0 without a CTC head."""
-    cfg = load_toml(LASRunConfig, RunFolder.open(run_dir).path / "config.toml")
+    cfg = load_toml(LASRunConfig, RunFolder.open(run_dir, "las").path / "config.toml")
     return cfg.train.val_ctc_weight if cfg.model.ctc_weight > 0 else 0.0
 
 
 def load_las(run_dir: str | Path, which: str = "best") -> tuple[LAS, CharVocabulary]:
     """Trained model (CPU, eval mode) and its character vocabulary from a run folder."""
-    run = RunFolder.open(run_dir)
+    run = RunFolder.open(run_dir, "las")
     cfg = load_toml(LASRunConfig, run.path / "config.toml")
     vocab_file = run.path / "chars.json"
     if not vocab_file.is_file():

@@ -64,6 +64,13 @@ class AWDLSTMConfig:
     # each call, so cuDNN takes them without a copy: "auto" = on CUDA (lstmkit.nn.weight_drop).
     flat_weights: str = field(default="auto", metadata={"choices": ("auto", "always", "never")})
 
+    def cross_check(self) -> tuple[str, str, str] | None:
+        """A rule that joins fields, broken: ``(field, found, expected)``; else None."""
+        k = self.adaptive_cutoffs
+        if self.softmax == "adaptive" and (not k or any(b <= a for a, b in zip(k, k[1:])) or k[0] < 1):
+            return "adaptive_cutoffs", f"found {k}", "one or more increasing positive word counts, e.g. [2000, 10000]"
+        return None
+
     def p(self, name: str) -> float:
         """A dropout rate after ``dropout_scale`` (kept below 1)."""
         return min(getattr(self, name) * self.dropout_scale, 0.99)
@@ -98,7 +105,11 @@ class AWDLSTM(nn.Module):
         self.lockdrop_h = LockedDropout(c.p("dropouth_p"))
         self.lockdrop_o = LockedDropout(c.p("dropout_p"))
         if c.softmax == "adaptive":
-            cutoffs = [k for k in c.adaptive_cutoffs if 0 < k < c.vocab_size]
+            cutoffs = [k for k in c.adaptive_cutoffs if 0 < k < c.vocab_size]   # the head covers a small vocabulary
+            if not cutoffs or c.cross_check():
+                from ..errors import InputError
+                raise InputError("model.adaptive_cutoffs", f"found {c.adaptive_cutoffs} for {c.vocab_size} words",
+                                 f"increasing cutoffs with at least one below the vocabulary size {c.vocab_size}")
             self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(sizes[-1], c.vocab_size, cutoffs, c.adaptive_div, head_bias=True)
         elif c.softmax == "mos":
             self.decoder = nn.Linear(c.emb_size, c.vocab_size)

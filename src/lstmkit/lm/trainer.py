@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
-from ..core.checkpoint import check_state, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
+from ..core.checkpoint import check_state, require_resumable, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
 from ..core.device import Runtime, pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, gather_rows, init_distributed, wrap
 from ..core.plots import plot_curves
@@ -282,7 +282,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
     @classmethod
     def resume(cls, run_dir: str | Path, overrides: dict | None = None) -> "LanguageModelTrainer":
         """Continue the run in ``run_dir`` from its ``last`` checkpoint (same folder, same metrics)."""
-        run = RunFolder.open(run_dir)
+        run = RunFolder.open(run_dir, "lm")
+        require_resumable(run.path, "lm")
         config = load_toml(LMConfig, run.path / "config.toml", overrides)
         vocab = Vocabulary.load(run.path / "vocab.txt", unit=config.data.unit)
         corpus = load_corpus(config.data, vocab=vocab if config.data.format != "npy" else None)
@@ -300,7 +301,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
         weights of ``run_dir`` and averages the iterates from the first step (ASGD, or Adam with
         averaging when the run used Adam), stopping once the averaged validation loss has not
         improved for ``optim.nonmono`` checks (``train.stop_on_plateau``)."""
-        src = RunFolder.open(run_dir)
+        src = RunFolder.open(run_dir, "lm")
         config = load_toml(LMConfig, src.path / "config.toml", overrides)
         config.train.stop_on_plateau = True
         if "runs_dir" not in (overrides or {}).get("train", {}):
@@ -374,7 +375,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
 
 def load_model(run_dir: str | Path, which: str = "best") -> AWDLSTM:
     """Model of a run folder with its vocabulary attached (``model.vocab``), on CPU, eval mode."""
-    run = RunFolder.open(run_dir)
+    run = RunFolder.open(run_dir, "lm")
     config = load_toml(LMConfig, run.path / "config.toml")
     model = AWDLSTM(config.model)
     weights, _, _ = load_checkpoint(run.checkpoint_dir, which)
