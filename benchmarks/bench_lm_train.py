@@ -38,9 +38,9 @@ from torch.func import functional_call
 
 from lstmkit.config import load_toml, merge, parse_override
 from lstmkit.core.device import Runtime, pick_runtime
-from lstmkit.core.train import train_step
+from lstmkit.core.train import device_step
 from lstmkit.lm import AWDLSTM, LMConfig
-from lstmkit.lm.optim import activation_regularization, temporal_activation_regularization
+from lstmkit.lm.optim import NTASGD, activation_regularization, temporal_activation_regularization
 
 
 class Reference2017(nn.Module):
@@ -158,13 +158,15 @@ def peak_matmul_gflops(dtype, device, trials: int = 3):
 
 
 def bench_lstmkit(c, rt, x, y, steps, sync):
+    """The trainer's step: NT-ASGD's fused SGD, the device-side finiteness check (no host sync in
+    the step), the loss path and flat weight buffer the config chooses for the device."""
     model = AWDLSTM(c).to(rt.device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    opt = NTASGD(model.parameters(), lr=1.0)
 
     def loss():
         d_, raw, _ = model.features(x)
         return model.loss(d_, y) + activation_regularization(d_, 2) + temporal_activation_regularization(raw, 1)
-    return model, lambda: train_step(loss, opt, model.parameters(), 0.25, rt), \
+    return model, lambda: device_step(loss, opt, model.parameters(), 0.25, rt), \
         lambda: model.loss(model.features(x)[0], y)
 
 

@@ -124,6 +124,99 @@ def test_loss_path_is_chosen_for_the_device_and_both_give_the_same_loss():
         m.zero_grad()
         loss = m.loss(h, y)
         loss.backward()
-        got[path] = (float(loss), m.decoder.weight.grad.clone())
+        got[path] = (float(loss.detach()), m.decoder.weight.grad.clone())
     assert got["chunked"][0] == pytest.approx(got["plain"][0], rel=1e-6)
     assert torch.allclose(got["chunked"][1], got["plain"][1], atol=1e-6)
+
+
+# ---------------------------------------------------------------- the step without host synchronisation
+from lstmkit.core.device import Runtime  # noqa: E402
+from lstmkit.core.train import device_step, train_step  # noqa: E402
+from lstmkit.lm.optim import NTASGD, AdamWrapper  # noqa: E402
+
+
+def tiny_problem(device, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 1)).to(device)
+    x, y = torch.randn(16, 5, device=device), torch.randn(16, 1, device=device)
+    return model, (lambda: ((model(x) - y) ** 2).mean())
+
+
+class NoHostReads:
+    """Make every tensor -> Python conversion raise inside the block (what a host sync would need)."""
+
+    names = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+    def __enter__(self):
+        self.saved = {n: getattr(torch.Tensor, n) for n in self.names}
+
+        def refuse(*a, **k):
+            raise AssertionError("host read of a tensor inside the step")
+        for n in self.names:
+            setattr(torch.Tensor, n, refuse)
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, f)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("opt_cls", [NTASGD, AdamWrapper])
+def test_device_step_reads_nothing_back_and_equals_the_host_step(device, opt_cls):
+    rt = Runtime(torch.device(device), None)
+    results = []
+    for deferred in (False, True):
+        model, loss_fn = tiny_problem(device)
+        opt = opt_cls(model.parameters(), lr=0.1, weight_decay=0.01)
+        for k in range(6):
+            if k == 3:
+                opt.start_averaging()
+            if deferred:
+                if device == "cuda":
+                    torch.cuda.set_sync_debug_mode("error")
+                try:
+                    with NoHostReads():
+                        res = device_step(loss_fn, opt, model.parameters(), 0.5, rt)
+                finally:
+                    if device == "cuda":
+                        torch.cuda.set_sync_debug_mode("default")
+                assert bool(res.ok)
+            else:
+                train_step(loss_fn, opt, model.parameters(), 0.5, rt)
+        with opt.averaged():
+            averaged = [p.detach().clone() for p in model.parameters()]
+        results.append(([p.detach().clone() for p in model.parameters()], averaged, opt.n_avg))
+    (p0, a0, n0), (p1, a1, n1) = results
+    assert n0 == n1 == 3
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(p0, p1))
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(a0, a1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("opt_cls", [NTASGD, AdamWrapper])
+def test_a_nonfinite_device_step_changes_nothing(device, opt_cls):
+    rt = Runtime(torch.device(device), None)
+    model, loss_fn = tiny_problem(device)
+    opt = opt_cls(model.parameters(), lr=0.1, weight_decay=0.01)
+    device_step(loss_fn, opt, model.parameters(), 0.5, rt)
+    opt.start_averaging()
+    device_step(loss_fn, opt, model.parameters(), 0.5, rt)
+    before = [p.detach().clone() for p in model.parameters()]
+    avg_before = [a.clone() for a in opt.avg]
+    inner_before = {k: v.clone() if torch.is_tensor(v) else v
+                    for st in opt.inner.state.values() for k, v in st.items() if torch.is_tensor(v)}
+    res = device_step(lambda: loss_fn() * float("nan"), opt, model.parameters(), 0.5, rt)
+    assert not bool(res.ok)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(avg_before, opt.avg)) and opt.n_avg == 1
+    after = {k: v for st in opt.inner.state.values() for k, v in st.items() if torch.is_tensor(v)}
+    assert all(torch.equal(inner_before[k], after[k]) for k in inner_before)     # moments, step count
+    res = device_step(loss_fn, opt, model.parameters(), 0.5, rt)                    # and it goes on normally
+    assert bool(res.ok) and opt.n_avg == 2
+
+
+def test_device_step_refuses_an_optimizer_that_cannot_skip_on_the_device():
+    model, loss_fn = tiny_problem("cpu")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)                                # not fused
+    with pytest.raises(ValueError, match="fused"):
+        device_step(loss_fn, opt, model.parameters(), 0.5, Runtime(torch.device("cpu"), None))

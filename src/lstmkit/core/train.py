@@ -50,6 +50,44 @@ def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optim
     return StepResult(value, norm, False)
 
 
+@dataclass
+class DeviceStep:
+    """What :func:`device_step` leaves on the device: read it only when needed (one sync for many steps)."""
+    loss: torch.Tensor       # () the minimised scalar
+    grad_norm: torch.Tensor  # () global gradient norm before clipping
+    ok: torch.Tensor         # () bool: loss and gradient finite, update applied
+
+
+def device_step(loss_fn: Callable[[], torch.Tensor], optimizer, params: Iterable[torch.nn.Parameter], clip: float,
+                runtime: Runtime) -> DeviceStep:
+    """:func:`train_step` without a host synchronisation: the finiteness check stays on the device
+    and decides there whether the update is applied, so a GPU never waits for the CPU inside a step.
+
+    ``optimizer`` either has ``step_if(ok)`` (:class:`lstmkit.lm.optim.NTASGD`) or is a fused
+    ``torch.optim`` optimizer, which skips the whole update (moments and step count included) when
+    its ``found_inf`` is set - the mechanism ``GradScaler`` uses. Same result as :func:`train_step`:
+    a non-finite step changes nothing.
+    """
+    params = [p for p in params if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    with runtime.autocast():
+        loss = loss_fn()
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    ok = torch.isfinite(loss.detach()) & torch.isfinite(norm)
+    if hasattr(optimizer, "step_if"):
+        optimizer.step_if(ok)
+    else:
+        if not all(g.get("fused") for g in optimizer.param_groups):
+            raise ValueError("device_step needs a fused torch.optim optimizer (fused=True) or one with step_if(ok)")
+        optimizer.grad_scale, optimizer.found_inf = None, (~ok).to(torch.float32)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+    return DeviceStep(loss.detach(), norm.detach(), ok)
+
+
 def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
     """An exponential moving average of ``model``'s parameters (Polyak averaging with forgetting),
     as a :class:`torch.optim.swa_utils.AveragedModel`: call ``.update_parameters(model)`` after each
@@ -88,16 +126,17 @@ class RewindOnNonFinite:
     and ``_restore()`` (load ``last`` into the trainer).
     """
 
-    def _on_nonfinite(self, res: StepResult) -> None:
+    def _on_nonfinite(self, res: StepResult, step: int | None = None) -> None:
         t = self.config.train
+        step = self.step if step is None else step
         self.nonfinite += 1
-        self.run.log_metrics({"type": "nonfinite", "step": self.step, "loss": res.loss, "grad_norm": res.grad_norm})
+        self.run.log_metrics({"type": "nonfinite", "step": step, "loss": res.loss, "grad_norm": res.grad_norm})
         if self.nonfinite < t.max_nonfinite:
             return
         if self.rewinds < t.max_rewinds and has_checkpoint(self.run.checkpoint_dir, "last"):
-            raise Rewind(self.step)
+            raise Rewind(step)
         raise FloatingPointError(
-            f"{self.nonfinite} non-finite losses/gradients in a row at step {self.step} after {self.rewinds} "
+            f"{self.nonfinite} non-finite losses/gradients in a row at step {step} after {self.rewinds} "
             f"rewinds; lower optim.lr or optim.clip; the last good checkpoint is in {self.run.checkpoint_dir}")
 
     def rewind(self, at_step: int) -> None:

@@ -296,6 +296,26 @@ class BPTTIterator:
         self.rng.bit_generator.state = st["rng"]
 
 
+class LanguageModelDataLoader:
+    """The training stream of ``corpus`` as (N, T) windows of variable length (the seed's loader).
+
+    Holds the whole corpus so the trainer can reach the validation and test splits.
+    """
+
+    def __init__(self, corpus: Corpus, batch_size: int = 80, bptt: int = 70, variable: bool = True, seed: int = 0,
+                 rows: slice = slice(None)):
+        self.corpus, self.batch_size, self.bptt = corpus, batch_size, bptt
+        # ``rows``: under torchrun each rank owns a contiguous slice of the batch_size streams; the
+        # window lengths come from the same seed on every rank
+        self.iterator = BPTTIterator(batchify(corpus.train, batch_size)[rows], bptt, seed, variable)
+
+    def __iter__(self):
+        return iter(self.iterator)
+
+    def __len__(self) -> int:
+        return len(self.iterator)
+
+
 def load_corpus(cfg, vocab: Vocabulary | None = None) -> Corpus:
     """Corpus described by a :class:`lstmkit.lm.config.DataConfig`. Relative paths that do not
     exist from the working directory are looked up in the project checkout (vendored data)."""

@@ -46,6 +46,12 @@ def should_switch_to_asgd(val_losses: Sequence[float], nonmono: int) -> bool:
     return newest > min(earlier[:-nonmono])
 
 
+def _fusable(params: list[torch.Tensor]) -> bool | None:
+    """Fused kernels exist for floating-point CPU and CUDA tensors (None: torch's default)."""
+    ok = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return True if ok else None
+
+
 class NTASGD:
     """SGD with weight decay that starts iterate averaging when :func:`should_switch_to_asgd` fires.
 
@@ -56,7 +62,8 @@ class NTASGD:
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
                  nonmono: int = 5, enabled: bool = True):
         self.params = [p for p in params if p.requires_grad]
-        self.inner = torch.optim.SGD(self.params, lr=lr, weight_decay=weight_decay)
+        # fused: the update can be skipped on the device (step_if), bit-identical to plain SGD
+        self.inner = torch.optim.SGD(self.params, lr=lr, weight_decay=weight_decay, fused=_fusable(self.params))
         self.base_lr = lr
         self.nonmono = nonmono
         self.enabled = enabled
@@ -85,6 +92,38 @@ class NTASGD:
             with torch.no_grad():
                 for a, p in zip(self.avg, self.params):
                     a.add_(p.detach() - a, alpha=1.0 / self.n_avg)
+
+    def step_if(self, ok: torch.Tensor) -> None:
+        """:meth:`step` when the 0-dim bool tensor ``ok`` is true, else nothing - decided on the
+        device, without reading ``ok`` (:func:`lstmkit.core.train.device_step`). The averaging
+        count lives on the device too (``n_avg`` reads it)."""
+        if not self.inner.defaults.get("fused"):
+            raise ValueError("NTASGD.step_if needs parameters a fused optimizer supports (CPU/CUDA floating point)")
+        self.inner.grad_scale, self.inner.found_inf = None, (~ok).to(torch.float32)
+        try:
+            self.inner.step()
+        finally:
+            del self.inner.grad_scale, self.inner.found_inf
+        if self.averaging:
+            n = self._n_avg_tensor(ok.device).add_(ok.to(torch.float64))
+            w = (ok.to(torch.float64) / n.clamp(min=1.0)).to(self.avg[0].dtype)   # 1/n after a step, 0 if skipped
+            with torch.no_grad():
+                torch._foreach_add_(self.avg, torch._foreach_mul(torch._foreach_sub([p.detach() for p in self.params],
+                                                                                   self.avg), w))
+
+    def _n_avg_tensor(self, device) -> torch.Tensor:
+        if not isinstance(self._n_avg, torch.Tensor):
+            self._n_avg = torch.tensor(float(self._n_avg), dtype=torch.float64, device=device)
+        return self._n_avg
+
+    @property
+    def n_avg(self) -> int:
+        """Averaged steps so far (reads the device counter when there is one)."""
+        return int(self._n_avg.item()) if isinstance(self._n_avg, torch.Tensor) else self._n_avg
+
+    @n_avg.setter
+    def n_avg(self, value: int) -> None:
+        self._n_avg = int(value)
 
     def start_averaging(self, epoch: int | None = None) -> None:
         self.averaging, self.switch_epoch, self.n_avg = True, epoch, 0
@@ -132,4 +171,4 @@ class AdamWrapper(NTASGD):
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, nonmono: int = 5, enabled: bool = True):
         super().__init__(params, lr, weight_decay, nonmono, enabled)
-        self.inner = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay)
+        self.inner = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay, fused=_fusable(self.params))

@@ -21,34 +21,14 @@ from ..core.device import Runtime, pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, gather_rows, init_distributed, wrap
 from ..core.plots import plot_curves
 from ..core.runs import RunFolder
-from ..core.train import Rewind, RewindOnNonFinite, StopFlag, train_step
+from ..core.train import Rewind, RewindOnNonFinite, StepResult, StopFlag, device_step
 from ..errors import InputError
 from .config import LMConfig
-from .data import BPTTIterator, Corpus, Vocabulary, batchify, load_corpus
+from .data import LanguageModelDataLoader, Vocabulary, load_corpus
 from .evaluate import draw_contexts, nll_of_scores, perplexity, stream_loss
 from .generate import TestLanguageModel
 from .model import AWDLSTM, detach_hidden
 from .optim import NTASGD, AdamWrapper, activation_regularization, should_switch_to_asgd, temporal_activation_regularization
-
-
-class LanguageModelDataLoader:
-    """The training stream of ``corpus`` as (N, T) windows of variable length (the seed's loader).
-
-    Holds the whole corpus so the trainer can reach the validation and test splits.
-    """
-
-    def __init__(self, corpus: Corpus, batch_size: int = 80, bptt: int = 70, variable: bool = True, seed: int = 0,
-                 rows: slice = slice(None)):
-        self.corpus, self.batch_size, self.bptt = corpus, batch_size, bptt
-        # ``rows``: under torchrun each rank owns a contiguous slice of the batch_size streams; the
-        # window lengths come from the same seed on every rank
-        self.iterator = BPTTIterator(batchify(corpus.train, batch_size)[rows], bptt, seed, variable)
-
-    def __iter__(self):
-        return iter(self.iterator)
-
-    def __len__(self) -> int:
-        return len(self.iterator)
 
 
 def _lm_objective(model: AWDLSTM, x, y, hidden, alpha: float, beta: float):
@@ -91,6 +71,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
         self.epoch, self.step, self.hidden = 0, 0, None
         self.epoch_windows = 0                  # windows trained in the running epoch
         self.epoch_loss = [0.0, 0]              # their summed cross-entropy and count (finite steps)
+        self._pending: list = []                # (step, DeviceStep, cross-entropy) not yet read from the device
         self.val_losses: list[float] = []
         self.train_losses: list[float] = []
         self.best_val = math.inf
@@ -129,28 +110,23 @@ class LanguageModelTrainer(RewindOnNonFinite):
                 self.hidden = self.model.init_hidden(x.size(0), dev)
             self.hidden = detach_hidden(self.hidden)
             self.opt.set_lr_scale(it.last_scale * cfg.optim.lr_decay ** self.epoch * self.lr_factor)
-            res = train_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime,
-                             sync=self.dist.enabled)
+            res = device_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
             self.step += 1
             self.epoch_windows += 1
-            if self.dist.enabled:                   # report the mean over ranks = the global batch's loss
-                step_loss, ce = (v / self.dist.world for v in all_sum([res.loss, self._last_ce], self.dist))
-            else:
-                step_loss, ce = res.loss, float(self._last_ce)
-            if res.skipped:
-                self._on_nonfinite(res)
-            else:
-                self.nonfinite = 0
-                self.epoch_loss = [self.epoch_loss[0] + ce, self.epoch_loss[1] + 1]
-            total, count = self.epoch_loss
+            self._pending.append((self.step, res, self._last_ce))     # read at the next sync point, not now
             tokens += x.numel()
             bar.update(1)
-            if self.step % cfg.train.log_every == 0 and count:
-                bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{perplexity(total / count):.0f}")
-                self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
-                                      "loss": total / count, "step_loss": step_loss, "lr": self.opt.param_groups[0]["lr"],
-                                      "grad_norm": res.grad_norm, "tokens_per_s": round(tokens / (time.time() - t_log), 1)})
-                t_log, tokens = time.time(), 0
+            log = self.step % cfg.train.log_every == 0
+            due = cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0
+            if log or due or self.epoch_windows in evals:
+                last = self._settle()
+                total, count = self.epoch_loss
+                if log and count:
+                    bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{perplexity(total / count):.0f}")
+                    self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
+                                          "loss": total / count, "step_loss": last[0], "lr": self.opt.param_groups[0]["lr"],
+                                          "grad_norm": last[1], "tokens_per_s": round(tokens / (time.time() - t_log), 1)})
+                    t_log, tokens = time.time(), 0
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                 self.save()
             if self.epoch_windows in evals:
@@ -162,6 +138,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
                 self.stopped = True
                 break
         bar.close()
+        self._settle()
         self.elapsed += time.time() - t0
         total, count = self.epoch_loss
         mean = total / max(count, 1)
@@ -171,6 +148,30 @@ class LanguageModelTrainer(RewindOnNonFinite):
             self.train_losses.append(mean)
             self.epoch_windows, self.epoch_loss = 0, [0.0, 0]
         return mean
+
+    def _settle(self) -> tuple[float, float] | None:
+        """Read the steps since the last sync point in one transfer: add the finite ones to the epoch's
+        loss sums, log and count the non-finite ones (a rewind after ``train.max_nonfinite`` in a
+        row is decided here, before any checkpoint is written). Returns the last step's (loss, grad
+        norm), the mean over ranks under torchrun."""
+        if not self._pending:
+            return None
+        steps = [s for s, _, _ in self._pending]
+        vals = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(), r.ok.float(), ce.float()])
+                            for _, r, ce in self._pending]).cpu().double()
+        self._pending = []
+        if self.dist.enabled:           # the global batch's loss: mean of the ranks' losses
+            summed = torch.tensor(all_sum(vals[:, [0, 3]].reshape(-1).tolist(), self.dist)).view(-1, 2)
+            vals[:, [0, 3]] = summed / self.dist.world
+        last = None
+        for step, (loss, norm, ok, ce) in zip(steps, vals.tolist()):
+            if not ok:
+                self._on_nonfinite(StepResult(loss, norm, True), step)
+            else:
+                self.nonfinite = 0
+                self.epoch_loss = [self.epoch_loss[0] + ce, self.epoch_loss[1] + 1]
+            last = (loss, norm)
+        return last
 
     def _should_stop(self) -> bool:
         local = (self._flag is not None and self._flag.stop) or time.time() > self._deadline
