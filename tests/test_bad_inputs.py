@@ -104,9 +104,9 @@ CLI_CASES = {
     "truncated checkpoint": (lambda r: ["lm", "eval", _lm_copy(r, "trunc", _truncate_best)], "truncated or corrupted"),
     # generation
     "generate forward=0": (lambda r: ["lm", "generate", r / "runs" / "lm", "--prompt", "the cat", "--max-new-tokens", "0"],
-                           "generation(forward)"),
+                           "--max-new-tokens"),
     "generate forward<0": (lambda r: ["lm", "generate", r / "runs" / "lm", "--prompt", "the cat", "--max-new-tokens", "-3"],
-                           "generation(forward)"),
+                           "--max-new-tokens"),
     "generate empty prompt": (lambda r: ["lm", "generate", r / "runs" / "lm", "--prompt", "  "], "--prompt"),
     # speech features and transcripts
     "wrong band count": (lambda r: ["las", "decode", r / "runs" / "las",

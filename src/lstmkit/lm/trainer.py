@@ -161,7 +161,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
                             for _, r, ce in self._pending]).cpu().double()
         self._pending = []
         if self.dist.enabled:           # the global batch's loss: mean of the ranks' losses
-            summed = torch.tensor(all_sum(vals[:, [0, 3]].reshape(-1).tolist(), self.dist)).view(-1, 2)
+            summed = torch.tensor(all_sum(vals[:, [0, 3]].reshape(-1).tolist(), self.dist), dtype=torch.float64).view(-1, 2)
             vals[:, [0, 3]] = summed / self.dist.world
         last = None
         for step, (loss, norm, ok, ce) in zip(steps, vals.tolist()):
