@@ -11,6 +11,8 @@ import sys
 
 from .cli_types import (Parser, finite_float, float_list, new_tokens, nonneg_float, nonneg_int, positive_float,
                         positive_int, probability_mass, unit_half_open, unit_interval)
+from .cli_las import las_decode, las_make_toy, las_plot, las_prepare, las_train
+from .config import resolve_config
 from .errors import InputError
 
 
@@ -43,7 +45,18 @@ def lm_train(args) -> int:
     over = _overrides(args)
     if args.resume:
         return _fit(LanguageModelTrainer.resume(args.resume, over))
-    return _fit(LanguageModelTrainer.from_config(LMConfig.load(args.config, over), args.run_id))
+    if args.config is None:
+        raise InputError("--config", "missing", "a config file or a built-in name, e.g. --config tiny (a smoke run in "
+                         "seconds) or --config wt2-cpu (60 minutes); `lstmkit configs` lists them")
+    return _fit(LanguageModelTrainer.from_config(LMConfig.load(resolve_config(args.config), over), args.run_id))
+
+
+def list_configs(args) -> int:
+    from .config import BUILTIN_CONFIGS, builtin_configs
+    for name, about in builtin_configs().items():
+        print(f"{name:24s} {about}")
+    print(f"(files in {BUILTIN_CONFIGS}; use --config NAME)")
+    return 0
 
 
 def lm_finetune(args) -> int:
@@ -133,126 +146,19 @@ def lm_generate(args) -> int:
     return 0
 
 
-def las_make_toy(args) -> int:
-    from pathlib import Path
-    from .las.data import Utterance, write_split
-    from .las.toy import ToyConfig, generate
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(str(out), "folder exists and is not empty", "a new or empty folder (nothing is overwritten)")
-    cfg = ToyConfig(n_train=args.n_train, n_val=args.n_val, seed=args.seed, n_bands=args.n_bands)
-    for split in ("train", "val"):
-        utts = [Utterance(f"{split}-{i:05d}", x, t, sp) for i, (x, t, sp) in enumerate(generate(cfg, split))]
-        write_split(out / split, utts)
-        print(f"{out / split}: {len(utts)} utterances")
-    return 0
-
-
-def las_prepare(args) -> int:
-    from pathlib import Path
-    from .las.features import FeatureConfig
-    from .las.recipes import prepare_folder, prepare_fsdd, prepare_librispeech_mini
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(str(out), "folder exists and is not empty", "a new or empty folder (nothing is overwritten)")
-    if not Path(args.data_in).is_dir():
-        raise InputError(str(args.data_in), "folder not found", "the corpus folder to prepare")
-    if args.recipe == "fsdd":
-        cfg = FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 8000, hop_ms=args.hop_ms)
-        counts = prepare_fsdd(args.data_in, out, args.split, args.held_out, args.n_train, args.n_val, args.seed, cfg,
-                              speed_perturb=args.speed_perturb, level_dbfs=args.level_dbfs, gain_db=args.gain_db,
-                              noise_snr_db=tuple(args.noise_snr_db) if args.noise_snr_db else None)
-    elif args.recipe == "librispeech-mini":
-        counts = prepare_librispeech_mini(args.data_in, out, pool_to=args.bands if args.bands != 80 else None)
-    else:
-        counts = prepare_folder(args.data_in, out, FeatureConfig(n_bands=args.bands, sample_rate=args.sample_rate or 16000,
-                                                                 hop_ms=args.hop_ms))
-    for split, n in counts.items():
-        print(f"{out / split}: {n} utterances")
-    return 0
-
-
-def las_train(args) -> int:
-    from .las import LASRunConfig, LASTrainer
-    over = _overrides(args)
-    if args.resume:
-        return _fit(LASTrainer.resume(args.resume, over))
-    return _fit(LASTrainer(LASRunConfig.load(args.config, over), args.run_id))
-
-
-def las_decode(args) -> int:
-    import csv
-    import torch
-    from .las import SpeechDataset, beam_search, cer, greedy_decode, load_las, wer
-    from .las.data import collate
-    if args.beam < 1:
-        raise InputError("--beam", f"found {args.beam}", "a beam width >= 1")
-    model, vocab = load_las(args.run, args.checkpoint)
-    if args.ctc_weight is None:
-        from .las.trainer import run_ctc_weight
-        args.ctc_weight = run_ctc_weight(args.run)
-    if args.window is not None:
-        model.speller.window = args.window
-    ds = SpeechDataset.from_folder(args.data, vocab, model.config.n_bands, allow_empty=True)
-    fusion = None
-    if args.lm:
-        from .las.fusion import CharLMFusion
-        from .lm import load_model
-        fusion = CharLMFusion(load_model(args.lm), vocab)
-    refs, hyps = [], []
-    for i in range(0, len(ds), args.batch_size):
-        idx = list(range(i, min(i + args.batch_size, len(ds))))
-        b = collate([ds[j] for j in idx], vocab, idx)
-        if args.beam > 1 or fusion is not None or args.ctc_weight:
-            seqs = beam_search(model, b.features, b.lengths, vocab.sos, vocab.eos, beam=args.beam,
-                               length_norm=args.length_norm, lm_step=fusion, lm_weight=args.lm_weight,
-                               length_bonus=args.length_bonus, ctc_weight=args.ctc_weight)
-            hyps += [vocab.decode(s) for s in seqs]
-        else:
-            ids, _ = greedy_decode(model, b.features, b.lengths, vocab.sos, vocab.eos)
-            hyps += [vocab.decode(r.tolist()) for r in ids]
-        refs += [ds.utts[j].text for j in idx]
-    w = csv.writer(sys.stdout, delimiter="\t")
-    for u, h in zip(ds.utts, hyps):
-        w.writerow([u.id, h])
-    scored = [(r, h) for r, h in zip(refs, hyps) if r]          # utterances without a reference are only transcribed
-    res = {"n": len(ds), "n_scored": len(scored)}
-    if scored:
-        res.update(cer=cer(*zip(*scored)), wer=wer(*zip(*scored)))
-    print(json.dumps(res), file=sys.stderr)
-    return 0
-
-
-def las_plot(args) -> int:
-    import numpy as np
-    from .core.plots import plot_attention
-    from .core.runs import RunFolder
-    run = RunFolder.open(args.run, "las")
-    path = run.path / "attention.npy"
-    if not path.is_file():
-        raise InputError(str(path), "not found", "a LAS run folder that has validated at least once")
-    try:
-        att = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise InputError(str(path), f"unreadable ({str(e)[:100]})", "a float array (plots, steps, frames) written by training") from None
-    if att.ndim != 3 or att.dtype.kind != "f" or not np.isfinite(att).all():
-        raise InputError(str(path), f"array {att.dtype} {att.shape}", "finite floats of shape (plots, steps, frames)")
-    for i, a in enumerate(att):
-        rows = a[a.sum(-1) > 0]
-        cols = int((a.sum(0) > 0).nonzero()[0].max()) + 1 if rows.size else a.shape[1]
-        out = run.file(f"attention_plots/attention_{i}.png")
-        plot_attention(out, rows[:, :cols], title=f"attention {i}", ylabel="output step")
-        print(out)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="lstmkit", description=__doc__.splitlines()[0])
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        v = version("lstmkit")
+    except PackageNotFoundError:
+        v = "unknown"
+    p.add_argument("--version", action="version", version=f"lstmkit {v}")
     top = p.add_subparsers(dest="family", required=True)
     lm = top.add_parser("lm", help="AWD-LSTM word language model").add_subparsers(dest="cmd", required=True)
 
     t = lm.add_parser("train", help="train from a TOML config (or resume a run)")
-    t.add_argument("--config", default="configs/wt2-cpu.toml")
+    t.add_argument("--config", help="a TOML file or a built-in name (`lstmkit configs`), e.g. tiny or wt2-cpu")
     t.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its last checkpoint")
     t.add_argument("--max-minutes", type=positive_float)
     t.add_argument("--epochs", type=positive_int)
@@ -312,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-stream", action="store_true", help="print the continuation at the end, not word by word")
     g.set_defaults(func=lm_generate)
 
+    top.add_parser("configs", help="list the built-in configs (--config NAME)").set_defaults(func=list_configs)
     las = top.add_parser("las", help="Listen, Attend and Spell").add_subparsers(dest="cmd", required=True)
     m = las.add_parser("make-toy", help="write a toy speech data set in the real-data folder layout")
     m.add_argument("out")
@@ -322,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=las_make_toy)
 
     t = las.add_parser("train", help="train LAS from a TOML config (or resume a run)")
-    t.add_argument("--config", default="configs/las-toy.toml")
+    t.add_argument("--config", default="las-toy",
+                   help="a TOML file or a built-in name (`lstmkit configs`); default: las-toy")
     t.add_argument("--data", help="data folder with train/ and val/ (default: toy data generated in memory)")
     t.add_argument("--resume", metavar="RUN")
     t.add_argument("--max-minutes", type=positive_float)

@@ -107,6 +107,35 @@ def from_dict(cls: type[T], data: dict, source: str = "<config>", prefix: str = 
     return obj
 
 
+BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+
+
+def builtin_configs() -> dict[str, str]:
+    """Name -> first comment line of every config shipped with the package (``--config NAME``)."""
+    out = {}
+    for p in sorted(BUILTIN_CONFIGS.glob("*.toml")):
+        first = next((ln.lstrip("# ").strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.startswith("#")), "")
+        out[p.stem] = first
+    return out
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config file: ``name`` itself if it exists, else the built-in config of that name (with or
+    without ``.toml``; ``configs/NAME.toml`` also finds it from any folder).
+
+    >>> resolve_config("tiny").name
+    'tiny.toml'
+    """
+    p = Path(name)
+    if p.is_file():
+        return p
+    stem = p.name[:-5] if p.name.endswith(".toml") else p.name
+    builtin = BUILTIN_CONFIGS / f"{stem}.toml"
+    if builtin.is_file() and (p.parent in (Path("."), Path("configs"))):
+        return builtin
+    raise InputError(str(name), "config not found", "a TOML file, or a built-in name: " + ", ".join(builtin_configs()))
+
+
 def load_toml(cls: type[T], path: str | Path, overrides: dict | None = None) -> T:
     """Read a TOML file into dataclass ``cls``; ``overrides`` (nested dict) win over the file."""
     path = Path(path)

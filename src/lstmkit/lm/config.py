@@ -25,6 +25,8 @@ class DataConfig:
     test_batch_size: int = field(default=1, metadata=POS)
     bptt: int = field(default=70, metadata={"min": 2})
     variable_bptt: bool = True
+    max_train_tokens: int = field(default=0, metadata={"min": 0})   # first N training tokens only (0 = all)
+    max_eval_tokens: int = field(default=0, metadata={"min": 0})    # first N validation and test tokens (0 = all)
 
 
 @dataclass

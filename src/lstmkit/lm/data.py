@@ -321,21 +321,34 @@ def load_corpus(cfg, vocab: Vocabulary | None = None) -> Corpus:
     exist from the working directory are looked up in the project checkout (vendored data)."""
     path = resolve_data_path(cfg.path)
     if cfg.format == "wikitext":
-        return load_wikitext(path, vocab=vocab, unit=cfg.unit, lowercase=cfg.lowercase)
-    if cfg.format == "npy":
-        return load_npy(path)
-    if path.is_dir():
-        train, valid, test = path / "train.txt", path / "valid.txt", path / "test.txt"
+        corpus = load_wikitext(path, vocab=vocab, unit=cfg.unit, lowercase=cfg.lowercase)
+    elif cfg.format == "npy":
+        corpus = load_npy(path)
     else:
-        train = path
-        valid = Path(cfg.valid_path) if cfg.valid_path else path.with_name("valid.txt")
-        test = Path(cfg.test_path) if cfg.test_path else path.with_name("test.txt")
-    return load_text(train, valid, test, max_vocab=cfg.max_vocab, vocab=vocab, unit=cfg.unit, lowercase=cfg.lowercase)
+        if path.is_dir():
+            train, valid, test = path / "train.txt", path / "valid.txt", path / "test.txt"
+        else:
+            train = path
+            valid = Path(cfg.valid_path) if cfg.valid_path else path.with_name("valid.txt")
+            test = Path(cfg.test_path) if cfg.test_path else path.with_name("test.txt")
+        corpus = load_text(train, valid, test, max_vocab=cfg.max_vocab, vocab=vocab, unit=cfg.unit,
+                           lowercase=cfg.lowercase)
+    return slice_corpus(corpus, getattr(cfg, "max_train_tokens", 0), getattr(cfg, "max_eval_tokens", 0))
+
+
+def slice_corpus(corpus: Corpus, max_train: int = 0, max_eval: int = 0) -> Corpus:
+    """The first ``max_train`` training and ``max_eval`` validation/test tokens (0 = all): smoke runs
+    and quick trials. The vocabulary stays that of the whole corpus."""
+    cut = (lambda a, n: a[:n] if n else a)
+    if not max_train and not max_eval:
+        return corpus
+    return Corpus(corpus.vocab, cut(corpus.train, max_train), cut(corpus.valid, max_eval), cut(corpus.test, max_eval),
+                  source=corpus.source)
 
 
 def resolve_data_path(p: str | Path) -> Path:
     p = Path(p)
     if p.exists() or p.is_absolute():
         return p
-    repo = Path(__file__).resolve().parents[3] / p  # src/lstmkit/lm/data.py -> checkout root
-    return repo if repo.exists() else p
+    shipped = Path(__file__).resolve().parents[1] / p  # lstmkit/data/wikitext-2: the demo corpus, installed too
+    return shipped if shipped.exists() else p

@@ -365,10 +365,15 @@ class LanguageModelTrainer(RewindOnNonFinite):
         weights, _, st = load_checkpoint(self.run.checkpoint_dir, "best", self.runtime.device)
         load_module_weights(self.model, weights)
         d = self.config.data
-        val = stream_loss(self.model, self.loader.corpus.valid, d.eval_batch_size, d.bptt, self.runtime)
-        test = stream_loss(self.model, self.loader.corpus.test, d.test_batch_size, d.bptt, self.runtime)
+        c = self.loader.corpus
+        print(f"final evaluation of the best checkpoint (step {st['step']}): dev {len(c.valid):,} tokens at batch "
+              f"{d.eval_batch_size}, test {len(c.test):,} tokens at batch {d.test_batch_size} ...", flush=True)
+        t0 = time.time()
+        val = stream_loss(self.model, c.valid, d.eval_batch_size, d.bptt, self.runtime)
+        test = stream_loss(self.model, c.test, d.test_batch_size, d.bptt, self.runtime)
         res = {"best_step": st["step"], "val_loss": val, "val_ppl": perplexity(val), "test_loss": test,
-               "test_ppl": perplexity(test), "epochs": self.epoch, "train_seconds": round(self.elapsed, 1)}
+               "test_ppl": perplexity(test), "epochs": self.epoch, "train_seconds": round(self.elapsed, 1),
+               "eval_seconds": round(time.time() - t0, 1)}
         self.run.write_text("results.json", json.dumps(res, indent=1) + "\n")
         print(f"best model (step {st['step']}): dev ppl {res['val_ppl']:.2f} | test ppl {res['test_ppl']:.2f}")
         return res
