@@ -18,6 +18,11 @@ def length_caps(lengths: torch.Tensor, max_ratio: float, max_len: int | None, de
     return caps, min(max_len, longest) if max_len else longest
 
 
+def model_ctc_weight(model: LAS, ctc_weight: float | None) -> float:
+    """``ctc_weight`` if given, else the model's own decoding weight (0 for a model without one)."""
+    return float(getattr(model, "decode_ctc_weight", 0.0)) if ctc_weight is None else float(ctc_weight)
+
+
 def listen(model: LAS, features: torch.Tensor, lengths: torch.Tensor, listened=None, ctc_weight: float = 0.0):
     """-> keys, values, lengths, CTC log-probabilities (N, S', C) or None (``ctc_weight`` 0).
 
@@ -38,8 +43,9 @@ def listen(model: LAS, features: torch.Tensor, lengths: torch.Tensor, listened=N
 
 @torch.no_grad()
 def greedy_decode(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: int, eos: int,
-                  max_len: int | None = None, max_ratio: float = 1.0, listened=None, ctc_weight: float = 0.0):
+                  max_len: int | None = None, max_ratio: float = 1.0, listened=None, ctc_weight: float | None = None):
     """-> ids (N, L) (positions after ``<eos>`` hold ``eos``), attentions (N, L, S').
+    ``ctc_weight`` None: the model's ``decode_ctc_weight`` (a model from ``load_las``: the run's).
 
     Each utterance stops at ``<eos>`` or after ``max_ratio`` x its own number of input frames
     (at least 10) characters, and none runs past ``max_len``: a model that loops on one utterance
@@ -50,6 +56,7 @@ def greedy_decode(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos
     """
     was = model.training
     model.eval()
+    ctc_weight = model_ctc_weight(model, ctc_weight)
     keys, values, lens, ctc_logp = listen(model, features, lengths, listened, ctc_weight)
     mask = frame_mask(lens, keys.size(1))
     sp = model.speller
@@ -86,8 +93,9 @@ def greedy_decode(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos
 def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: int, eos: int, beam: int = 8,
                 max_ratio: float = 1.0, length_norm: float = 1.0, max_len: int | None = None,
                 lm_step: Callable | None = None, lm_weight: float = 0.0, length_bonus: float = 0.0,
-                listened=None, ctc_weight: float = 0.0) -> list[list[int]]:
+                listened=None, ctc_weight: float | None = None) -> list[list[int]]:
     """Batched beam search over all N utterances at once (N x ``beam`` speller rows per step).
+    ``ctc_weight`` None: the model's ``decode_ctc_weight`` (a model from ``load_las``: the run's).
 
     Each hypothesis scores ``sum log p_LAS + lm_weight * sum log p_LM + length_bonus * length``;
     a hypothesis that emits ``<eos>`` is set aside with that score divided by
@@ -116,6 +124,7 @@ def beam_search(model: LAS, features: torch.Tensor, lengths: torch.Tensor, sos: 
     was = model.training
     model.eval()
     n, k, dev = features.size(0), beam, features.device
+    ctc_weight = model_ctc_weight(model, ctc_weight)
     keys, values, lens, ctc_logp = listen(model, features, lengths, listened, ctc_weight)
     ctc = None
     rows = torch.arange(n, device=dev).repeat_interleave(k)                  # (N*k,) utterance of each row

@@ -274,6 +274,9 @@ class LAS(nn.Module):
         self.config = config
         self.listener = Listener(config)
         self.speller = Speller(config)
+        # joint CTC/attention weight greedy_decode / beam_search use when not given one: load_las sets
+        # the run's validation weight (train.val_ctc_weight), so the API decodes as the CLI does
+        self.decode_ctc_weight = 0.0
 
     def forward(self, features, lengths, inputs, tf_rate: float = 1.0, generator: torch.Generator | None = None,
                 listened=None):

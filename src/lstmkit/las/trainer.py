@@ -63,6 +63,7 @@ class LASTrainer(RewindOnNonFinite):
         self.train_set = SpeechDataset(train, self.vocab, f"{cfg.data.path or 'toy'}/{cfg.data.train_split}")
         self.val_set = SpeechDataset(val, self.vocab, f"{cfg.data.path or 'toy'}/{cfg.data.val_split}")
         self.model = LAS(cfg.model).to(self.runtime.device)
+        self.model.decode_ctc_weight = cfg.train.val_ctc_weight if cfg.model.ctc_weight > 0 else 0.0   # as validation decodes
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         # optim.ema_decay > 0: validation, plots and the best checkpoint use averaged weights
         self.averaged = weight_average(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
@@ -353,4 +354,5 @@ def load_las(run_dir: str | Path, which: str = "best") -> tuple[LAS, CharVocabul
     model = LAS(cfg.model)
     weights, _, _ = load_checkpoint(run.checkpoint_dir, which)
     load_module_weights(model, weights, str(run.checkpoint_dir))
+    model.decode_ctc_weight = cfg.train.val_ctc_weight if cfg.model.ctc_weight > 0 else 0.0   # as the run validated
     return model.eval(), vocab

@@ -110,6 +110,28 @@ class TestLanguageModel:
             model.train(was)
 
 
+def generate(model, input_ids, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, num_beams: int = 1, repetition_penalty: float = 1.0,
+             no_repeat_ngram_size: int = 0, seed: int | None = None) -> np.ndarray:
+    """:meth:`TestLanguageModel.generation` under the argument names of Hugging Face's ``generate``:
+    ``input_ids`` (N, T) -> the (N, ``max_new_tokens``) new ids. Greedy (or beam search with
+    ``num_beams`` > 1) unless ``do_sample``; ``temperature``, ``top_k`` and ``top_p`` apply to sampling.
+
+    Example:
+        >>> from lstmkit.lm.model import AWDLSTM, AWDLSTMConfig
+        >>> m = AWDLSTM(AWDLSTMConfig(vocab_size=30, emb_size=8, hidden_size=8, num_layers=1))
+        >>> x = np.zeros((2, 3), dtype=np.int64)
+        >>> bool((generate(m, x, max_new_tokens=4) == TestLanguageModel.generation(x, 4, m)).all())
+        True
+    """
+    if do_sample and num_beams > 1:
+        raise InputError("generate(do_sample, num_beams)", "sampling with beam search", "one of do_sample or num_beams > 1")
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
+    return TestLanguageModel.generation(input_ids, max_new_tokens, model, seed=seed, beam=num_beams,
+                                        repetition_penalty=repetition_penalty,
+                                        no_repeat_ngram_size=no_repeat_ngram_size, **sampling)
+
+
 def _check(inp, forward, model, temperature, top_k, top_p, beam=1, repetition_penalty=1.0, no_repeat_ngram_size=0):
     if isinstance(forward, bool) or not isinstance(forward, (int, np.integer)) or forward < 1:
         raise InputError("generation(forward)", f"found {forward!r}", "an integer >= 1")
