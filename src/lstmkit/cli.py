@@ -11,7 +11,7 @@ import sys
 
 from .cli_types import (Parser, finite_float, float_list, new_tokens, nonneg_float, nonneg_int, positive_float,
                         positive_int, probability_mass, unit_half_open, unit_interval)
-from .cli_las import las_decode, las_make_toy, las_plot, las_prepare, las_train
+from .cli_las import las_decode, las_make_toy, las_plot, las_prepare, las_train, las_transcribe
 from .config import resolve_config
 from .errors import InputError
 
@@ -277,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--hop-ms", type=positive_float, default=10.0, help="frame shift (window stays 25 ms)")
     pr.add_argument("--sample-rate", type=positive_int, help="resample audio to this rate (fsdd default 8000, folder 16000)")
     pr.set_defaults(func=las_prepare)
+
+    tr = las.add_parser("transcribe", help="transcribe audio files with a trained run (its own feature settings)")
+    tr.add_argument("run", help="a LAS run trained on a folder from `lstmkit las prepare`")
+    tr.add_argument("audio", nargs="+", help="WAV/FLAC files (any sample rate: resampled as the run's features were)")
+    tr.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    tr.add_argument("--beam", type=positive_int, default=1, help="beam width (default 1: greedy)")
+    tr.add_argument("--ctc-weight", type=unit_interval, help="joint CTC/attention weight (default: the run's)")
+    tr.add_argument("--lm", help="shallow fusion with this character-level LM run")
+    tr.add_argument("--lm-weight", type=nonneg_float, default=0.3, help="LM weight with --lm (default 0.3)")
+    tr.add_argument("--batch-size", type=positive_int, default=16, help="files per batch (default 16)")
+    tr.set_defaults(func=las_transcribe)
 
     pl = las.add_parser("plot", help="re-draw attention plots of a run from its attention.npy")
     pl.add_argument("run")

@@ -120,3 +120,12 @@ def las_plot(args) -> int:
         plot_attention(out, rows[:, :cols], title=f"attention {i}", ylabel="output step")
         print(out)
     return 0
+
+
+def las_transcribe(args) -> int:
+    from .las import transcribe
+    texts = transcribe(args.run, args.audio, beam=args.beam, ctc_weight=args.ctc_weight, lm=args.lm,
+                       lm_weight=args.lm_weight, batch_size=args.batch_size, checkpoint=args.checkpoint)
+    for path, text in zip(args.audio, texts):
+        print(f"{path}\t{text}", flush=True)
+    return 0

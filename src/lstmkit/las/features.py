@@ -56,6 +56,17 @@ def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
     return resample_poly(x, target // g, rate // g).astype(np.float32)
 
 
+def scale_to_level(x: np.ndarray, dbfs: float) -> np.ndarray:
+    """Scale samples to an RMS level of ``dbfs`` dB below full scale (recordings made at other gains
+    then give the same features).
+
+    >>> round(float(np.sqrt(np.mean(scale_to_level(np.full(10, 0.5, np.float32), -20.0) ** 2))), 4)
+    0.1
+    """
+    rms = max(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))), 1e-6)
+    return x * np.float32(10 ** (dbfs / 20) / rms)
+
+
 def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
     """Play ``x`` ``factor`` times faster (Ko et al. 2015): resample by 1/``factor`` and keep the
     rate, so duration, pitch and formants all change - a cheap stand-in for another speaker.

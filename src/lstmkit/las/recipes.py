@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import InputError, plain_name
 from .data import Utterance, write_split
-from .features import FeatureConfig, cmvn, log_mel, read_wav, speed_perturb, wav_features
+from .transcribe import save_feature_settings
+from .features import FeatureConfig, cmvn, log_mel, read_wav, scale_to_level, speed_perturb, wav_features
 
 DIGITS = "zero one two three four five six seven eight nine".split()
 _FSDD_NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
@@ -43,6 +44,7 @@ def prepare_folder(src: str | Path, out: str | Path, cfg: FeatureConfig) -> dict
             utts.append(Utterance(uid, wav_features(folder / "wav" / f"{uid}.wav", cfg), text.strip().lower(), None))
         write_split(out / folder.name, utts)
         counts[folder.name] = len(utts)
+    save_feature_settings(out, cfg)
     return counts
 
 
@@ -89,7 +91,7 @@ def digit_strings(pool, n: int, rng: np.random.Generator, prefix: str, cfg: Feat
                 cache[path] = read_wav(path)
             x, rate = cache[path]
             if level_dbfs is not None:
-                x = x * np.float32(10 ** (level_dbfs / 20) / max(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))), 1e-6))
+                x = scale_to_level(x, level_dbfs)
             if gain_db > 0:
                 x = x * np.float32(10 ** (aug_rng.uniform(-gain_db, gain_db) / 20))
             power.append(float(np.mean(np.square(x, dtype=np.float64))))
@@ -153,6 +155,7 @@ def prepare_fsdd(src: str | Path, out: str | Path, split: str = "official", held
                              noise_snr_db=noise_snr_db if name == "train" else None)
         write_split(Path(out) / name, utts)
         counts[name] = n
+    save_feature_settings(Path(out), cfg, level_dbfs)
     return counts
 
 

@@ -35,6 +35,7 @@ from .features import spec_augment
 from .metrics import alignment_accuracy, cer, monotonic_focus, wer
 from .model import LAS, las_loss, sequence_loss
 from .toy import generate
+from .transcribe import FEATURES_FILE, load_feature_settings
 
 
 def load_splits(cfg: LASRunConfig) -> tuple[list[Utterance], list[Utterance]]:
@@ -74,6 +75,10 @@ class LASTrainer(RewindOnNonFinite):
         if run is None and self.dist.main:
             self.run.write_text("config.toml", dumps_toml(to_dict(cfg)))
             self.run.write_text("chars.json", json.dumps(self.vocab.chars()))
+            settings = Path(cfg.data.path) / FEATURES_FILE if cfg.data.path else None
+            if settings is not None and settings.is_file():     # how the audio became features: for transcribe
+                load_feature_settings(settings)                    # checked before it is trusted
+                self.run.write_text(FEATURES_FILE, settings.read_text(encoding="utf-8"))
             u = train[0]
             plot_features(self.run.file("train_X_sample.png"), u.features, f"train sample {u.id}: {u.text!r}")
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
