@@ -81,7 +81,7 @@ def lm_eval(args) -> int:
     cache = None
     if not (args.cache or args.cache_grid):
         t0 = time.time()
-        loss = stream_loss(model, stream, bs, cfg.data.bptt, rt)
+        loss = stream_loss(model, stream, bs, cfg.data.bptt, rt, progress=args.split)
         out.update(loss=loss, ppl=perplexity(loss), seconds=round(time.time() - t0, 1))
     else:
         from .lm.cache import NeuralCache, cache_grid, cache_losses
@@ -107,7 +107,7 @@ def lm_eval(args) -> int:
         t0 = time.time()
         rms = gradient_rms(model, corpus.train, de.grad_batches, de.stats_bptt, de.grad_batch_size, rt) \
             if de.method == "rms" else None
-        res = dynamic_eval_losses(model, stream, de, rms, rt, cache)      # the cache's pass rides along
+        res = dynamic_eval_losses(model, stream, de, rms, rt, cache, progress="dynamic evaluation")      # the cache's pass rides along
         d = res["dynamic"]
         out["dynamic_eval"] = {**vars(de), "loss": d, "ppl": perplexity(d), "seconds": round(time.time() - t0, 1)}
         if cache is not None:

@@ -75,9 +75,12 @@ def las_decode(args) -> int:
         from .las.fusion import CharLMFusion
         from .lm import load_model
         fusion = CharLMFusion(load_model(args.lm), vocab)
+    from .core.progress import Progress
     refs, hyps = [], []
+    bar = Progress(len(ds), "decode", "utterances", "utterances/s")
     for i in range(0, len(ds), args.batch_size):
         idx = list(range(i, min(i + args.batch_size, len(ds))))
+        bar.update(len(idx))
         b = collate([ds[j] for j in idx], vocab, idx)
         if args.beam > 1 or fusion is not None or args.ctc_weight:
             seqs = beam_search(model, b.features, b.lengths, vocab.sos, vocab.eos, beam=args.beam,
@@ -88,6 +91,7 @@ def las_decode(args) -> int:
             ids, _ = greedy_decode(model, b.features, b.lengths, vocab.sos, vocab.eos)
             hyps += [vocab.decode(r.tolist()) for r in ids]
         refs += [ds.utts[j].text for j in idx]
+    bar.close()
     w = csv.writer(sys.stdout, delimiter="\t")
     for u, h in zip(ds.utts, hyps):
         w.writerow([u.id, h])

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
 from ..core.checkpoint import (check_state, require_resumable, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state,
@@ -25,6 +24,7 @@ from ..core.checkpoint import (check_state, require_resumable, has_checkpoint, l
 from ..core.device import pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, init_distributed, wrap
 from ..core.plots import plot_attention, plot_curves, plot_features
+from ..core.progress import Progress
 from ..core.runs import RunFolder
 from ..core.train import Rewind, RewindOnNonFinite, StopFlag, train_step, weight_average
 from ..errors import InputError
@@ -110,9 +110,11 @@ class LASTrainer(RewindOnNonFinite):
         self.model.train()
         t0 = time.time()
         world, norm = self.dist.world, None
-        for i in tqdm(range(self.batch_in_epoch, len(batches)), desc=f"epoch {self.epoch + 1}", leave=False,
-                      disable=None if self.dist.main else True):
+        bar = Progress(len(batches), f"epoch {self.epoch + 1}", "batches", "utterances/s", initial=self.batch_in_epoch,
+                       enabled=self.dist.main)
+        for i in range(self.batch_in_epoch, len(batches)):
             idx = batches[i]
+            bar.update(1, len(idx), **({"loss": round(self.epoch_loss[0] / self.epoch_loss[1], 4)} if self.epoch_loss[1] else {}))
             if world > 1:            # each rank takes every world-th utterance of the same global batch
                 if len(idx) < world:
                     continue
@@ -157,6 +159,7 @@ class LASTrainer(RewindOnNonFinite):
             if self._should_stop():
                 self.stopped = True
                 break
+        bar.close()
         self.elapsed += time.time() - t0
         total, count = self.epoch_loss
         if not self.stopped:

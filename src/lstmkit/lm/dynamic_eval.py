@@ -109,7 +109,8 @@ def dynamic_eval_loss(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConfig
 
 
 def dynamic_eval_losses(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConfig | None = None,
-                        rms: list[torch.Tensor] | None = None, runtime: Runtime | None = None, cache=None) -> dict:
+                        rms: list[torch.Tensor] | None = None, runtime: Runtime | None = None, cache=None,
+                        progress: str | None = None) -> dict:
     """One pass of dynamic evaluation -> ``{"dynamic": NLL}``, plus ``"dynamic_cache"`` (the same
     adapted model's probabilities mixed with ``cache``) when a cache is given: the cache does not
     change the updates, so both come from the same pass."""
@@ -128,8 +129,13 @@ def dynamic_eval_losses(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConf
         cap = 1.0 / cfg.decay if cfg.decay > 0 else math.inf
         rate = [cfg.decay * torch.clamp(r / mean_rms, max=cap) for r in rms]  # decay x decrate, <= 1
     total, total_cache, count = 0.0, 0.0, 0
+    from ..core.progress import Progress
+    segments = -(-max(len(stream) // cfg.batch_size - 1, 0) // cfg.bptt)
+    bar = Progress(segments, progress, "segments", "tokens/s") if progress else None
     try:
         for h, y in stream_windows(model, stream, cfg.batch_size, cfg.bptt, runtime):
+            if bar is not None:
+                bar.update(1, y.numel(), **({"nll": round(total / count, 4)} if count else {}))
             logp = model.target_logprob(h, y)
             loss = -logp.mean()
             total -= float(logp.detach().sum())   # scored before the update: a fair next-token loss

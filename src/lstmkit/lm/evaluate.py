@@ -51,14 +51,23 @@ def stream_windows(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bpt
 
 @torch.no_grad()
 def stream_loss(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bptt: int = 70,
-                runtime: Runtime | None = None, dist=None) -> float:
+                runtime: Runtime | None = None, dist=None, progress: str | None = None) -> float:
     """Mean NLL per token (nats) over a continuous stream; perplexity = exp(result).
     ``dist`` (a :class:`lstmkit.core.distributed.Dist`): each rank scores a share of the rows and
-    the sums are all-reduced, so every rank returns the same value."""
+    the sums are all-reduced, so every rank returns the same value. ``progress``: show progress
+    under this name (a bar on a terminal, status lines otherwise)."""
+    from ..core.progress import Progress
     total, count = 0.0, 0
+    windows = -(-max(len(stream) // max(batch_size, 1) - 1, 0) // bptt)
+    bar = Progress(windows, progress, "windows", "tokens/s") if progress else None
     for h, y in stream_windows(model, stream, batch_size, bptt, runtime, dist):
-        total += float(model.loss(h, y)) * y.numel()
+        loss = float(model.loss(h, y))
+        total += loss * y.numel()
         count += y.numel()
+        if bar is not None:
+            bar.update(1, y.numel(), nll=round(total / count, 4))
+    if bar is not None:
+        bar.close()
     if dist is not None and dist.enabled:
         from ..core.distributed import all_sum
         total, count = all_sum([total, count], dist)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..config import dumps_toml, load_toml, to_dict
 from ..core.checkpoint import check_state, require_resumable, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
 from ..core.device import Runtime, pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, gather_rows, init_distributed, wrap
 from ..core.plots import plot_curves
+from ..core.progress import Progress
 from ..core.runs import RunFolder
 from ..core.train import Rewind, RewindOnNonFinite, StepResult, StopFlag, device_step
 from ..errors import InputError
@@ -100,8 +100,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
         self.model.train()
         dev = self.runtime.device
         evals = {int(len(it) * k / cfg.train.evals_per_epoch) for k in range(1, cfg.train.evals_per_epoch)}
-        bar = tqdm(total=len(it), initial=min(self.epoch_windows, len(it)), desc=f"epoch {self.epoch + 1}",
-                   leave=False, dynamic_ncols=True, mininterval=2.0, disable=None)
+        bar = Progress(len(it), f"epoch {self.epoch + 1}", "steps", "tokens/s", initial=min(self.epoch_windows, len(it)),
+                       enabled=self.dist.main)
         t0 = t_log = time.time()
         tokens = 0
         for x, y in it:
@@ -115,14 +115,14 @@ class LanguageModelTrainer(RewindOnNonFinite):
             self.epoch_windows += 1
             self._pending.append((self.step, res, self._last_ce))     # read at the next sync point, not now
             tokens += x.numel()
-            bar.update(1)
+            bar.update(1, x.numel() * self.dist.world)
             log = self.step % cfg.train.log_every == 0
             due = cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0
             if log or due or self.epoch_windows in evals:
                 last = self._settle()
                 total, count = self.epoch_loss
                 if log and count:
-                    bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{perplexity(total / count):.0f}")
+                    bar.set_postfix(loss=round(total / count, 3), ppl=round(perplexity(total / count)))
                     self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
                                           "loss": total / count, "step_loss": last[0], "lr": self.opt.param_groups[0]["lr"],
                                           "grad_norm": last[1], "tokens_per_s": round(tokens / (time.time() - t_log), 1)})
@@ -369,8 +369,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
         print(f"final evaluation of the best checkpoint (step {st['step']}): dev {len(c.valid):,} tokens at batch "
               f"{d.eval_batch_size}, test {len(c.test):,} tokens at batch {d.test_batch_size} ...", flush=True)
         t0 = time.time()
-        val = stream_loss(self.model, c.valid, d.eval_batch_size, d.bptt, self.runtime)
-        test = stream_loss(self.model, c.test, d.test_batch_size, d.bptt, self.runtime)
+        val = stream_loss(self.model, c.valid, d.eval_batch_size, d.bptt, self.runtime, progress="final dev")
+        test = stream_loss(self.model, c.test, d.test_batch_size, d.bptt, self.runtime, progress="final test")
         res = {"best_step": st["step"], "val_loss": val, "val_ppl": perplexity(val), "test_loss": test,
                "test_ppl": perplexity(test), "epochs": self.epoch, "train_seconds": round(self.elapsed, 1),
                "eval_seconds": round(time.time() - t0, 1)}
