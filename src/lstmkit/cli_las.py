@@ -117,11 +117,19 @@ def las_plot(args) -> int:
         raise InputError(str(path), f"unreadable ({str(e)[:100]})", "a float array (plots, steps, frames) written by training") from None
     if att.ndim != 3 or att.dtype.kind != "f" or not np.isfinite(att).all():
         raise InputError(str(path), f"array {att.dtype} {att.shape}", "finite floats of shape (plots, steps, frames)")
+    preds = []      # the validation transcripts the attention belongs to (first rows of predictions.csv)
+    if (run.path / "predictions.csv").is_file():
+        import csv
+        with open(run.path / "predictions.csv", encoding="utf-8", newline="") as f:
+            preds = [(r.get("id", ""), r.get("prediction", "")) for r in csv.DictReader(f)]
     for i, a in enumerate(att):
         rows = a[a.sum(-1) > 0]
         cols = int((a.sum(0) > 0).nonzero()[0].max()) + 1 if rows.size else a.shape[1]
-        out = run.file(f"attention_plots/attention_{i}.png")
-        plot_attention(out, rows[:, :cols], title=f"attention {i}", ylabel="output step")
+        uid, hyp = preds[i] if i < len(preds) else (f"utterance {i}", None)
+        labels = list(hyp) + ["<eos>"] if hyp is not None and len(hyp) + 1 == rows.shape[0] else None
+        out = run.file(f"attention_plots/replot/attention_{i}.png")     # the training plots stay as they are
+        plot_attention(out, rows[:, :cols], labels, title=f"{uid}: {hyp!r}" if hyp is not None else f"attention {i}",
+                       ylabel="predicted character" if labels else "output step")
         print(out)
     return 0
 

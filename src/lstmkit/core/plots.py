@@ -11,13 +11,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_curves(path: Path, curves: dict[str, Sequence[float]], xlabel: str = "epoch",
-                ylabel: str = "loss (NLL, nats)", title: str = "Training curves", x: Sequence[float] | None = None) -> Path:
-    """Line plot of several named curves sharing an x axis; saved as PNG."""
+def plot_curves(path: Path, curves: dict[str, Sequence[float] | tuple[Sequence[float], Sequence[float]]],
+                xlabel: str = "epoch", ylabel: str = "loss (NLL, nats)", title: str = "Training curves",
+                x: Sequence[float] | None = None) -> Path:
+    """Line plot of several named curves; saved as PNG. A curve is its y values (on ``x``, or 1, 2,
+    ...) or its own ``(xs, ys)`` pair."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, ys in curves.items():
-        xs = list(x) if x is not None else list(range(1, len(ys) + 1))
-        ax.plot(xs[: len(ys)], ys, marker="o" if len(ys) < 30 else None, label=name)
+        if isinstance(ys, tuple):
+            xs, ys = ys
+        else:
+            xs = list(x) if x is not None else list(range(1, len(ys) + 1))
+        ax.plot(list(xs)[: len(ys)], ys, marker="o" if len(ys) < 30 else None, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -41,7 +46,7 @@ def plot_attention(path: Path, weights: np.ndarray, ylabels: Sequence[str] | Non
     if ylabels is not None:
         ax.set_yticks(range(len(ylabels)))
         ax.set_yticklabels(["␣" if c == " " else c for c in ylabels], fontsize=7)
-    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.colorbar(im, ax=ax, fraction=0.03, label="attention weight")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -55,7 +60,7 @@ def plot_features(path: Path, features: np.ndarray, title: str) -> Path:
     ax.set_xlabel("frame")
     ax.set_ylabel("band")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.colorbar(im, ax=ax, fraction=0.03, label="feature value")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -107,6 +107,7 @@ class RunFolder:
         """Append one JSON object to metrics.jsonl (one line per epoch or event)."""
         if self.readonly:
             return
+        record = {**record, "time": record.get("time", round(time.time(), 3))}   # wall clock, unix seconds
         with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()

@@ -323,6 +323,7 @@ def las_loss(model: LAS, features, lengths, inputs, targets, tf_rate: float = 1.
         loss = sequence_loss(logits, targets, pad)
     else:
         loss = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=pad, reduction="sum") / norm[0]
+    model.last_ce = loss.detach()            # the attention part alone, for logs and curves (like the dev loss)
     if w > 0:
         logp = model.listener.ctc(hidden).float().log_softmax(-1).transpose(0, 1)   # (S', N, C)
         n_chars = (targets != pad).sum(1) - 1                                       # drop <eos>

@@ -90,7 +90,8 @@ class LASTrainer(RewindOnNonFinite):
         self._flag: StopFlag | None = None
         self._deadline = math.inf
         self.stopped = False
-        self.epoch_loss = [0.0, 0]              # summed training loss and count of the running epoch
+        self.epoch_loss = [0.0, 0, 0.0]         # summed training loss, count, summed attention CE of the running epoch
+        self.last_train_ce = float("nan")       # mean attention CE of the last finished (part of an) epoch
 
     # ------------------------------------------------------------------------------ training
     def _batch(self, ds: SpeechDataset, idx):
@@ -131,8 +132,9 @@ class LASTrainer(RewindOnNonFinite):
                                  d.specaug_freq_width)
             res = train_step(lambda: self.objective(x, lens, inp, tgt, tf, None, self.vocab.pad, norm),
                              self.opt, self.model.parameters(), cfg.optim.clip, self.runtime, sync=world > 1)
+            ce = float(getattr(self.model, "last_ce", float("nan")))
             if world > 1:            # the global batch's loss, for logs and curves
-                res.loss = all_sum([res.loss], self.dist)[0] / world
+                res.loss, ce = (v / world for v in all_sum([res.loss, ce], self.dist))
             self.step += 1
             self.batch_in_epoch = i + 1
             if res.skipped:
@@ -141,8 +143,8 @@ class LASTrainer(RewindOnNonFinite):
                 self.nonfinite = 0
                 if self.averaged is not None:
                     self.averaged.update_parameters(self.model)
-                self.epoch_loss = [self.epoch_loss[0] + res.loss, self.epoch_loss[1] + 1]
-            total, count = self.epoch_loss
+                self.epoch_loss = [self.epoch_loss[0] + res.loss, self.epoch_loss[1] + 1, self.epoch_loss[2] + ce]
+            total, count = self.epoch_loss[:2]
             if cfg.train.log_every and self.step % cfg.train.log_every == 0:
                 self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
                                       "step_loss": res.loss, "grad_norm": res.grad_norm})
@@ -161,13 +163,17 @@ class LASTrainer(RewindOnNonFinite):
                 break
         bar.close()
         self.elapsed += time.time() - t0
-        total, count = self.epoch_loss
+        total, count = self.epoch_loss[:2]
+        self.last_train_ce = self._mean_ce()
         if not self.stopped:
             self.epoch += 1
             self.batch_in_epoch = 0
             self.epoch_rng_state = self.rng.bit_generator.state
-            self.epoch_loss = [0.0, 0]
+            self.epoch_loss = [0.0, 0, 0.0]
         return total / max(count, 1)
+
+    def _mean_ce(self) -> float:
+        return self.epoch_loss[2] / self.epoch_loss[1] if self.epoch_loss[1] else float("nan")
 
     def _should_stop(self) -> bool:
         """Time budget reached or Ctrl-C, on any rank (every rank stops at the same step)."""
@@ -221,7 +227,7 @@ class LASTrainer(RewindOnNonFinite):
         m = self.evaluate()
         epoch = self.epoch + (1 if partial or self.stopped else 0)
         rec = {"type": "valid", "epoch": epoch, "step": self.step, "partial_epoch": partial or self.stopped,
-               "train_loss": train_loss, **m, "tf_rate": teacher_forcing_rate(self.epoch, self.config.optim),
+               "train_loss": train_loss, "train_ce": self._mean_ce() if partial else self.last_train_ce, **m, "tf_rate": teacher_forcing_rate(self.epoch, self.config.optim),
                "lr": self.opt.param_groups[0]["lr"],
                "elapsed_s": round(self.elapsed, 1),
                "utterances_per_s": round(self.step * self.config.data.batch_size / max(self.elapsed, 1e-9), 1)}
@@ -259,9 +265,12 @@ class LASTrainer(RewindOnNonFinite):
         w.writerows((u.id, r, h) for u, r, h in zip(self.val_set.utts, refs, hyps))
         self.run.write_text("predictions.csv", buf.getvalue())
         hist = self.history
-        plot_curves(self.run.file("loss.png"), {"train": [r["train_loss"] for r in hist], "dev": [r["val_loss"] for r in hist]},
-                    x=[r["elapsed_s"] for r in hist], xlabel="training seconds", ylabel="loss (nats per character)",
-                    title=f"LAS teacher-forced loss ({self.run.path.name})")
+        plot_curves(self.run.file("loss.png"),
+                    {"train (teacher-forcing schedule, dropout)": [r.get("train_ce", float("nan")) for r in hist],
+                     "dev (teacher-forced)": [r["val_loss"] for r in hist]},
+                    x=[r["elapsed_s"] for r in hist], xlabel="training seconds",
+                    ylabel="attention cross-entropy (nats per character)",
+                    title=f"LAS attention decoder loss ({self.run.path.name})")
 
     # ------------------------------------------------------------------------------ persistence
     def save(self) -> None:
@@ -300,8 +309,8 @@ class LASTrainer(RewindOnNonFinite):
         self.epoch, self.step, self.batch_in_epoch, self.elapsed = st["epoch"], st["step"], st["batch_in_epoch"], st["elapsed"]
         self.best_cer, self.history, self.epoch_rng_state = st["best_cer"], st["history"], st["epoch_rng"]
         self.lr_factor, self.rewinds = st.get("lr_factor", 1.0), st.get("rewinds", 0)
-        loss_sum, n = st.get("epoch_loss", [0.0, 0])
-        self.epoch_loss = [float(loss_sum), int(n)]
+        loss_sum, n, ce_sum = (list(st.get("epoch_loss", [0.0, 0])) + [0.0])[:3]
+        self.epoch_loss = [float(loss_sum), int(n), float(ce_sum)]
 
     def fit(self, max_minutes: float | None = None) -> dict:
         minutes = max_minutes or self.config.train.max_minutes

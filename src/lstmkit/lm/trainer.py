@@ -124,7 +124,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
                 if log and count:
                     bar.set_postfix(loss=round(total / count, 3), ppl=round(perplexity(total / count)))
                     self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
-                                          "loss": total / count, "step_loss": last[0], "lr": self.opt.param_groups[0]["lr"],
+                                          "loss": total / count, "step_loss": last[0], "step_ce": last[2],
+                                          "lr": self.opt.param_groups[0]["lr"],
                                           "grad_norm": last[1], "tokens_per_s": round(tokens / (time.time() - t_log), 1)})
                     t_log, tokens = time.time(), 0
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
@@ -149,11 +150,11 @@ class LanguageModelTrainer(RewindOnNonFinite):
             self.epoch_windows, self.epoch_loss = 0, [0.0, 0]
         return mean
 
-    def _settle(self) -> tuple[float, float] | None:
+    def _settle(self) -> tuple[float, float, float] | None:
         """Read the steps since the last sync point in one transfer: add the finite ones to the epoch's
         loss sums, log and count the non-finite ones (a rewind after ``train.max_nonfinite`` in a
         row is decided here, before any checkpoint is written). Returns the last step's (loss, grad
-        norm), the mean over ranks under torchrun."""
+        norm, cross-entropy), the mean over ranks under torchrun."""
         if not self._pending:
             return None
         steps = [s for s, _, _ in self._pending]
@@ -170,7 +171,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
             else:
                 self.nonfinite = 0
                 self.epoch_loss = [self.epoch_loss[0] + ce, self.epoch_loss[1] + 1]
-            last = (loss, norm)
+            last = (loss, norm, ce)
         return last
 
     def _should_stop(self) -> bool:
@@ -225,10 +226,13 @@ class LanguageModelTrainer(RewindOnNonFinite):
         self.run.log_metrics({"type": "epoch", "epoch": e, "step": self.step, "train_loss": train, "val_loss": val,
                               "fixed_context_nll_dev": dev_nll, "fixed_context_nll_test": test_nll,
                               "fixed_context_n": len(self.dev_ctx[0]), "elapsed_s": round(self.elapsed, 1)})
-        epochs = [r for r in self.run.metrics() if r.get("type") == "epoch"]
-        plot_curves(self.run.file("loss.png"), {"train": [r["train_loss"] for r in epochs],
-                                                "dev": [r["val_loss"] for r in epochs]},
-                    x=[r["epoch"] for r in epochs], title=f"AWD-LSTM NLL per token ({self.run.path.name})")
+        recs = self.run.metrics()
+        steps = {r["step"]: r.get("step_ce", r["step_loss"]) for r in recs if r.get("type") == "train"}   # last record
+        valid = {r["step"]: r["val_loss"] for r in recs if r.get("type") == "valid"}
+        plot_curves(self.run.file("loss.png"),
+                    {f"train (one window every {self.config.train.log_every} steps)": (sorted(steps), [steps[k] for k in sorted(steps)]),
+                     "dev (whole split)": (sorted(valid), [valid[k] for k in sorted(valid)])},
+                    xlabel="step", title=f"AWD-LSTM cross-entropy per token ({self.run.path.name})")
         return val
 
     # ----------------------------------------------------------------------------- persistence
@@ -372,7 +376,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
         val = stream_loss(self.model, c.valid, d.eval_batch_size, d.bptt, self.runtime, progress="final dev")
         test = stream_loss(self.model, c.test, d.test_batch_size, d.bptt, self.runtime, progress="final test")
         res = {"best_step": st["step"], "val_loss": val, "val_ppl": perplexity(val), "test_loss": test,
-               "test_ppl": perplexity(test), "epochs": self.epoch, "train_seconds": round(self.elapsed, 1),
+               "test_ppl": perplexity(test), "epochs": self.epoch,
+               "stopped_in_epoch": self.epoch + 1 if self.stopped else None, "train_seconds": round(self.elapsed, 1),
                "eval_seconds": round(time.time() - t0, 1)}
         self.run.write_text("results.json", json.dumps(res, indent=1) + "\n")
         print(f"best model (step {st['step']}): dev ppl {res['val_ppl']:.2f} | test ppl {res['test_ppl']:.2f}")
