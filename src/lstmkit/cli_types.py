@@ -18,7 +18,12 @@ MAX_NEW_TOKENS = 100_000
 
 
 class Parser(argparse.ArgumentParser):
-    """``ArgumentParser`` whose errors are one line on stderr and exit status 2."""
+    """``ArgumentParser`` whose errors are one line on stderr and exit status 2, and whose help shows
+    every flag's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message}", file=sys.stderr)

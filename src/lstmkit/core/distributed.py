@@ -91,8 +91,13 @@ def wrap(objective: Objective, dist: Dist, find_unused: bool = False) -> nn.Modu
         return objective
     dev = next(objective.parameters()).device
     ids = [dev.index] if dev.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(objective, device_ids=ids, broadcast_buffers=False,
-                                               find_unused_parameters=find_unused)
+    import inspect
+    ddp = nn.parallel.DistributedDataParallel
+    # the models hold no buffers that need syncing; newer torch names the switch forward_sync_buffers
+    # (and warns on broadcast_buffers), older torch knows only broadcast_buffers
+    new = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if new else {"broadcast_buffers": False}
+    return ddp(objective, device_ids=ids, find_unused_parameters=find_unused, **no_sync)
 
 
 def all_sum(values: Sequence[float], dist: Dist, device: torch.device | str = "cpu") -> list[float]:
