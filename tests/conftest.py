@@ -1,3 +1,4 @@
+import os
 import numpy as np
 import pytest
 
@@ -34,3 +35,7 @@ def tiny_config(corpus_dir, runs_dir, **train):
         "train": {"epochs": 2, "runs_dir": str(runs_dir), "n_predictions": 8, "log_every": 10,
                   "precision": "fp32", "seed": 3, **train},
     })
+
+
+# TensorBoard event files are tested in test_tensorboard.py; elsewhere they would only add writer threads
+os.environ.setdefault("LSTMKIT_TENSORBOARD", "0")

@@ -5,6 +5,8 @@ Everything a run writes goes into its folder, nowhere else.
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ class RunFolder:
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly   # ranks other than 0 of a distributed run: metrics and texts are not written
+        self._tb = None            # TensorBoard writer: None = not tried yet, False = off or not installed
 
     @classmethod
     def create(cls, root: str | Path = "runs", run_id: str | None = None) -> "RunFolder":
@@ -111,6 +114,27 @@ class RunFolder:
         with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        self._tensorboard(record)
+
+    def _tensorboard(self, record: dict[str, Any]) -> None:
+        """The same numbers as TensorBoard scalars in ``tensorboard/`` (``pip install lstmkit[tensorboard]``;
+        ``LSTMKIT_TENSORBOARD=0`` turns it off): ``tensorboard --logdir runs`` compares runs live."""
+        if self._tb is None:
+            self._tb = False
+            if os.environ.get("LSTMKIT_TENSORBOARD", "1") != "0":
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                    self._tb = SummaryWriter(str(self.path / "tensorboard"))
+                except ImportError:
+                    pass
+        if not self._tb:
+            return
+        kind, step = record.get("type", "metrics"), record.get("step")
+        for k, v in record.items():
+            if k not in ("type", "step", "time", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool) \
+                    and math.isfinite(v):
+                self._tb.add_scalar(f"{kind}/{k}", v, global_step=step, walltime=record["time"])
+        self._tb.flush()
 
     def metrics(self) -> list[dict[str, Any]]:
         p = self.path / "metrics.jsonl"
