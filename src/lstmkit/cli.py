@@ -144,7 +144,19 @@ def lm_generate(args) -> int:
     return 0
 
 
-FUNCS = {"lm train": lm_train, "lm finetune": lm_finetune, "lm eval": lm_eval, "lm generate": lm_generate,
+def lm_export(args) -> int:
+    from .export import export_lm
+    print(export_lm(args.run, args.out, args.checkpoint))
+    return 0
+
+
+def las_export(args) -> int:
+    from .export import export_las
+    print(export_las(args.run, args.out, args.checkpoint))
+    return 0
+
+
+FUNCS = {"lm export": lm_export, "las export": las_export, "lm train": lm_train, "lm finetune": lm_finetune, "lm eval": lm_eval, "lm generate": lm_generate,
          "configs": list_configs, "las make-toy": las_make_toy, "las train": las_train, "las decode": las_decode,
          "las prepare": las_prepare, "las transcribe": las_transcribe, "las plot": las_plot}
 

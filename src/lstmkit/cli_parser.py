@@ -93,6 +93,11 @@ def build_parser(funcs: dict) -> argparse.ArgumentParser:
     g.add_argument("--no-stream", action="store_true", help="print the continuation at the end, not word by word")
     _threads(g)
 
+    x = lm.add_parser("export", help="one TorchScript file that plain PyTorch loads (torch.jit.load), vocabulary inside")
+    x.add_argument("run", help="a language-model run folder")
+    x.add_argument("out", help="the file to write, e.g. lm.pt")
+    x.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint to export")
+
     top.add_parser("configs", help="list the built-in configs (--config NAME)")
     las = top.add_parser("las", help="Listen, Attend and Spell").add_subparsers(dest="cmd", required=True)
     m = las.add_parser("make-toy", help="write a toy speech data set in the real-data folder layout")
@@ -158,6 +163,11 @@ def build_parser(funcs: dict) -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=positive_int, default=16, help="files per batch")
     _threads(tr)
 
+    x = las.add_parser("export", help="one TorchScript file (methods listen and step) that plain PyTorch loads")
+    x.add_argument("run", help="a LAS run folder")
+    x.add_argument("out", help="the file to write, e.g. las.pt")
+    x.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint to export")
+
     pl = las.add_parser("plot", help="labelled re-plots of a run's attention.npy into attention_plots/replot/")
     pl.add_argument("run", help="a LAS run folder")
 
@@ -201,3 +211,18 @@ def _help_of(parser, name: str) -> str:
         p = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[part]
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
     return next((c.help for c in sub._choices_actions if c.dest == leaf), "")
+
+
+def update_docs(path: str = "docs/cli.md") -> None:
+    """Rewrite the Reference section of docs/cli.md from the parser: ``python -m lstmkit.cli_parser``."""
+    from pathlib import Path
+    from .cli import build_parser as build
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    head = text[: text.index("## Reference")] if "## Reference" in text else text.rstrip() + "\n\n"
+    p.write_text(head + "## Reference\n\nGenerated from the parser by `python -m lstmkit.cli_parser`; `tests/test_docs.py` "
+                 "checks that it is current.\n\n" + reference(build()).rstrip() + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    update_docs()
