@@ -39,3 +39,32 @@ def tiny_config(corpus_dir, runs_dir, **train):
 
 # TensorBoard event files are tested in test_tensorboard.py; elsewhere they would only add writer threads
 os.environ.setdefault("LSTMKIT_TENSORBOARD", "0")
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A trained tiny LM run, a trained tiny LAS run, a toy speech folder and a text corpus, shared by
+    the bad-input tests (which copy what they damage and check that nothing else changed)."""
+    from lstmkit.las import LASTrainer
+    from lstmkit.las.data import Utterance, write_split
+    from lstmkit.las.toy import ToyConfig, generate
+    from lstmkit.lm import LanguageModelTrainer
+    from test_las import tiny_las_config
+    root = tmp_path_factory.mktemp("world")
+    corpus = make_corpus(root / "corpus", n_train=400, n_valid=60, n_test=60)
+    LanguageModelTrainer.from_config(tiny_config(corpus, root / "runs", epochs=1), run_id="lm").fit()
+    toy = ToyConfig(n_train=64, n_val=8, min_chars=4, max_chars=6, seed=3)
+    for split in ("train", "val"):
+        write_split(root / "toy" / split, [Utterance(f"{split}-{i}", x, t, s) for i, (x, t, s) in enumerate(generate(toy, split))])
+    cfg = tiny_las_config(root / "runs", epochs=1, n_plots=1)
+    cfg.data.path = str(root / "toy")
+    cfg.model.listener_hidden = cfg.model.speller_hidden = 16
+    LASTrainer(cfg, run_id="las").fit()
+    (root / "runs" / "keep.txt").write_text("an artifact that must survive every failure\n")
+    return root
+
+
+def snapshot(folder):
+    """sha256 of every file under ``folder``: compare before and after to show nothing changed."""
+    import hashlib
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -1,6 +1,5 @@
 """The bad-input catalogue: every case gets one clear message naming the file or field and what
 was expected (CLI: exit code 2, no traceback), and leaves every existing artifact untouched."""
-import hashlib
 import os
 import signal
 import subprocess
@@ -11,35 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_corpus, tiny_config
+from conftest import make_corpus, snapshot, tiny_config
 from lstmkit.cli import main
 from lstmkit.errors import InputError
-from lstmkit.las import LASTrainer
 from lstmkit.las.data import Utterance, write_split
 from lstmkit.lm import LanguageModelTrainer, TestLanguageModel, load_model
 from lstmkit.las.toy import ToyConfig, generate
-from test_las import tiny_las_config
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A trained tiny LM run, a trained tiny LAS run, a toy speech folder and a text corpus."""
-    root = tmp_path_factory.mktemp("world")
-    corpus = make_corpus(root / "corpus", n_train=400, n_valid=60, n_test=60)
-    LanguageModelTrainer.from_config(tiny_config(corpus, root / "runs", epochs=1), run_id="lm").fit()
-    toy = ToyConfig(n_train=64, n_val=8, min_chars=4, max_chars=6, seed=3)
-    for split in ("train", "val"):
-        write_split(root / "toy" / split, [Utterance(f"{split}-{i}", x, t, s) for i, (x, t, s) in enumerate(generate(toy, split))])
-    cfg = tiny_las_config(root / "runs", epochs=1, n_plots=1)
-    cfg.data.path = str(root / "toy")
-    cfg.model.listener_hidden = cfg.model.speller_hidden = 16
-    LASTrainer(cfg, run_id="las").fit()
-    (root / "runs" / "keep.txt").write_text("an artifact that must survive every failure\n")
-    return root
-
-
-def snapshot(folder):
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def run_cli(argv, capsys):

@@ -3,38 +3,17 @@ inf / huge where they make no sense, runs of the wrong family, bad config values
 give one line naming the problem, exit status 2, no traceback, and leave every other file as it was."""
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import pytest
 
-from conftest import make_corpus, tiny_config
+from conftest import snapshot
 from lstmkit.cli import main
-from lstmkit.las import LASTrainer
-from lstmkit.las.data import Utterance, write_split
-from lstmkit.las.toy import ToyConfig, generate
-from lstmkit.lm import LanguageModelTrainer
-from test_las import tiny_las_config
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("numbers")
-    corpus = make_corpus(root / "corpus", n_train=200, n_valid=30, n_test=30)
-    LanguageModelTrainer.from_config(tiny_config(corpus, root / "runs", epochs=1), run_id="lm").fit()
-    toy = ToyConfig(n_train=32, n_val=4, min_chars=4, max_chars=5, seed=3)
-    for split in ("train", "val"):
-        write_split(root / "toy" / split, [Utterance(f"{split}-{i}", x, t, s) for i, (x, t, s) in enumerate(generate(toy, split))])
-    cfg = tiny_las_config(root / "runs", epochs=1, n_plots=1)
-    cfg.data.path = str(root / "toy")
-    cfg.model.listener_hidden = cfg.model.speller_hidden = 16
-    cfg.model.key_size = cfg.model.embed_size = 8
-    LASTrainer(cfg, run_id="las").fit()
-    return root
-
-
-def digest(folder):
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+@pytest.fixture
+def runs(world):
+    return world
 
 
 def one_line_error(argv, capsys, *needles):
@@ -80,11 +59,11 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize("argv,flag", BAD_FLAGS, ids=[" ".join(a[:2] + a[-2:]) for a, _ in BAD_FLAGS])
 def test_number_flags_refuse_values_that_make_no_sense(runs, tmp_path, capsys, argv, flag):
-    before = digest(runs)
+    before = snapshot(runs)
     subst = {"RUN_LM": runs / "runs" / "lm", "RUN_LAS": runs / "runs" / "las", "DATA": runs / "toy" / "val",
              "OUT": tmp_path / "out"}
     one_line_error([subst.get(a, a) for a in argv], capsys, flag)
-    assert digest(runs) == before and not (tmp_path / "out").exists()
+    assert snapshot(runs) == before and not (tmp_path / "out").exists()
 
 
 def test_a_run_of_the_other_family_is_named_as_such(runs, capsys):

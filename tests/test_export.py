@@ -74,7 +74,7 @@ def test_las_export_listen_and_step_give_the_models_teacher_forced_logits(tmp_pa
         want, _ = model(feats, lens, inputs)
         keys, values, l2 = m.listen(feats, lens)
         mask = torch.arange(keys.size(1))[None, :] < l2[:, None]
-        n, h, a = 3, meta["speller_hidden"], meta["key_size"]
+        n, h = 3, meta["speller_hidden"]
         z = torch.zeros(n, h)
         ctx = (torch.softmax(torch.zeros(n, keys.size(1)).masked_fill(~mask, float("-inf")), -1)[:, None] @ values)[:, 0]
         w = torch.zeros(n, keys.size(1))

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import make_corpus, tiny_config
+from conftest import make_corpus, snapshot, tiny_config
 from lstmkit.cli import main
 from lstmkit.core.checkpoint import load_checkpoint
 from lstmkit.errors import InputError
@@ -28,10 +28,6 @@ def lm_run(tmp_path_factory):
     corpus = make_corpus(root / "corpus", n_train=300, n_valid=40, n_test=40)
     LanguageModelTrainer.from_config(tiny_config(corpus, root / "runs", epochs=1), run_id="lm").fit()
     return root
-
-
-def digest(folder):
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def cli(argv, capsys):
@@ -61,7 +57,7 @@ def copy_run(lm_run, tmp_path, name):
 def test_a_pointer_naming_files_outside_the_checkpoint_folder_is_refused_and_deletes_nothing(lm_run, tmp_path, capsys,
                                                                                              target):
     v = victim(tmp_path)
-    before = digest(v)
+    before = snapshot(v)
     run = copy_run(lm_run, tmp_path / "r", "lm")
     ptr = run / "checkpoint" / "last.json"
     rec = json.loads(ptr.read_text())
@@ -84,7 +80,7 @@ def test_a_pointer_naming_files_outside_the_checkpoint_folder_is_refused_and_del
     from lstmkit.core.checkpoint import save_checkpoint
     import torch
     save_checkpoint(run / "checkpoint", "last", "000000999", {"w": torch.zeros(1)}, {}, {"epoch": 0})
-    assert digest(v) == before
+    assert snapshot(v) == before
 
 
 @pytest.mark.parametrize("rec", [{}, {"files": {}, "state": {}}, {"files": [], "state": {}}, "just a string"])
@@ -101,7 +97,7 @@ def test_a_pointer_to_a_file_that_is_not_safetensors_is_refused(lm_run, tmp_path
     rec = json.loads((ck / "best.json").read_text())
     bogus = ck / "000000001.best.model.safetensors"
     bogus.write_bytes(b"not safetensors at all")
-    rec["files"]["model"] = {"name": bogus.name, "sha256": hashlib.sha256(bogus.read_bytes()).hexdigest(),
+    rec["files"]["model"] = {"name": bogus.name, "sha256": hashlib.sha256(bogus.read_bytes()).hexsnapshot(),
                              "bytes": bogus.stat().st_size}
     (ck / "best.json").write_text(json.dumps(rec))
     code, err = cli(["lm", "generate", run, "--prompt", "the cat"], capsys)

@@ -58,7 +58,6 @@ def las_train(args) -> int:
 
 def las_decode(args) -> int:
     import csv
-    import torch
     from .las import SpeechDataset, beam_search, cer, greedy_decode, load_las, wer
     from .las.data import collate
     if args.beam < 1:
