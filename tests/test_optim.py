@@ -59,3 +59,32 @@ def test_ar_tar_values():
     h = torch.tensor([[[1.0, 1.0], [3.0, 1.0]]])            # (N=1, T=2, H=2)
     assert float(activation_regularization(h, 2.0)) == 2.0 * (1 + 1 + 9 + 1) / 4
     assert float(temporal_activation_regularization(h, 1.0)) == (4 + 0) / 2
+
+
+def test_warmup_and_cosine_schedule_follow_sgdr():
+    import math
+    from lstmkit.lm.optim import lr_multiplier
+    total, warm, lo = 100, 10, 0.1
+    for step in range(1, total + 1):
+        if step <= warm:
+            want = step / warm
+        else:   # SGDR eq. 5: eta_min + 1/2 (eta_max - eta_min)(1 + cos(pi T_cur / T_i)), eta_max = 1, eta_min = lo
+            want = lo + 0.5 * (1 - lo) * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+        assert abs(lr_multiplier(step, total, warm, "cosine", lo) - want) < 1e-12
+    assert lr_multiplier(500, total, warm, "cosine", lo) == lo                   # past the end: stays at the floor
+    assert [lr_multiplier(s, total, 0, "constant") for s in (1, 50)] == [1.0, 1.0]
+
+
+def test_adamw_with_warmup_and_cosine_trains(small_corpus, tmp_path):
+    import json
+    from conftest import tiny_config
+    from lstmkit.lm import LanguageModelTrainer
+    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=1, log_every=1)
+    cfg.optim.optimizer, cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_steps = "adamw", 3e-3, "cosine", 10
+    cfg.data.variable_bptt = False
+    t = LanguageModelTrainer.from_config(cfg, run_id="r")
+    t.fit()
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines())
+           if r["type"] == "train"]
+    assert abs(lrs[0] - 3e-4) < 1e-12 and abs(lrs[9] - 3e-3) < 1e-12 and lrs[-1] < 0.2 * 3e-3
+    assert isinstance(t.opt.inner, torch.optim.AdamW)

@@ -31,7 +31,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: str = field(default="ntasgd", metadata={"choices": ("ntasgd", "sgd", "adam")})
+    optimizer: str = field(default="ntasgd", metadata={"choices": ("ntasgd", "sgd", "adam", "adamw")})
     lr: float = field(default=30.0, metadata={"min": 0.0, "min_open": True})
     clip: float = field(default=0.25, metadata={"min": 0.0})     # global grad-norm clip, 0 = off
     weight_decay: float = field(default=1.2e-6, metadata={"min": 0.0})
@@ -39,6 +39,9 @@ class OptimConfig:
     beta: float = field(default=1.0, metadata={"min": 0.0})       # TAR (section 4.6), 0 = off
     nonmono: int = field(default=5, metadata=POS)                 # NT-ASGD trigger window
     lr_decay: float = field(default=1.0, metadata={"min": 0.0, "min_open": True, "max": 1.0})  # per-epoch multiplier
+    schedule: str = field(default="constant", metadata={"choices": ("constant", "cosine")})  # over train.epochs
+    warmup_steps: int = field(default=0, metadata={"min": 0})     # linear warm-up of the learning rate
+    min_lr_ratio: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})  # cosine ends at lr x this
 
 
 @dataclass

@@ -166,9 +166,36 @@ class NTASGD:
         self.base_lr = float(st["base_lr"])
 
 
+def lr_multiplier(step: int, total: int, warmup: int = 0, schedule: str = "constant", min_ratio: float = 0.0) -> float:
+    """Learning-rate factor for optimizer step ``step`` (1-based) of ``total``: linear warm-up over
+    the first ``warmup`` steps, then 1 (``constant``) or a half cosine from 1 down to ``min_ratio``
+    at step ``total`` (``cosine``; Loshchilov & Hutter 2017, without restarts).
+
+    >>> [round(lr_multiplier(s, 10, warmup=2, schedule="cosine"), 3) for s in (1, 2, 6, 10)]
+    [0.5, 1.0, 0.5, 0.0]
+    """
+    if warmup and step <= warmup:
+        return step / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    import math
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class AdamWrapper(NTASGD):
     """Adam instead of SGD, same averaging switch (not the paper's; handy for short CPU budgets)."""
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, nonmono: int = 5, enabled: bool = True):
         super().__init__(params, lr, weight_decay, nonmono, enabled)
         self.inner = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay, fused=_fusable(self.params))
+
+
+class AdamWWrapper(NTASGD):
+    """AdamW (decoupled weight decay, Loshchilov & Hutter 2019) with the same averaging switch - the
+    large-batch GPU recipes' optimizer."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, nonmono: int = 5, enabled: bool = True):
+        super().__init__(params, lr, weight_decay, nonmono, enabled)
+        self.inner = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay, fused=_fusable(self.params))
+

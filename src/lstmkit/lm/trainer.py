@@ -28,7 +28,7 @@ from .data import LanguageModelDataLoader, Vocabulary, load_corpus
 from .evaluate import draw_contexts, nll_of_scores, perplexity, stream_loss
 from .generate import TestLanguageModel
 from .model import AWDLSTM, detach_hidden
-from .optim import NTASGD, AdamWrapper, activation_regularization, should_switch_to_asgd, temporal_activation_regularization
+from .optim import NTASGD, AdamWrapper, AdamWWrapper, activation_regularization, lr_multiplier, should_switch_to_asgd, temporal_activation_regularization
 
 
 def _lm_objective(model: AWDLSTM, x, y, hidden, alpha: float, beta: float):
@@ -66,7 +66,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
             self.run.write_text("config.toml", dumps_toml(to_dict(cfg)))
             self.vocab.save(self.run.file("vocab.txt"))
         o = cfg.optim
-        opt_cls = AdamWrapper if o.optimizer == "adam" else NTASGD
+        opt_cls = {"adam": AdamWrapper, "adamw": AdamWWrapper}.get(o.optimizer, NTASGD)
         self.opt = opt_cls(model.parameters(), o.lr, o.weight_decay, o.nonmono, enabled=o.optimizer != "sgd")
         self.epoch, self.step, self.hidden = 0, 0, None
         self.epoch_windows = 0                  # windows trained in the running epoch
@@ -109,7 +109,9 @@ class LanguageModelTrainer(RewindOnNonFinite):
             if self.hidden is None or self.hidden[0][0].size(1) != x.size(0):
                 self.hidden = self.model.init_hidden(x.size(0), dev)
             self.hidden = detach_hidden(self.hidden)
-            self.opt.set_lr_scale(it.last_scale * cfg.optim.lr_decay ** self.epoch * self.lr_factor)
+            o = cfg.optim
+            sched = lr_multiplier(self.step + 1, cfg.train.epochs * len(it), o.warmup_steps, o.schedule, o.min_lr_ratio)
+            self.opt.set_lr_scale(it.last_scale * o.lr_decay ** self.epoch * self.lr_factor * sched)
             res = device_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
             self.step += 1
             self.epoch_windows += 1
