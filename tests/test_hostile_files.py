@@ -156,7 +156,7 @@ def test_course_npy_corpus_loads_without_pickle_execution(tmp_path, capsys):
     assert not marker.exists()
     # a raw pickle renamed .npy, and the CLI path
     (bad / "train.npy").write_bytes(__import__("pickle").dumps(Payload(str(marker))))
-    code, err = cli(["lm", "train", "--set", f'data.path="{bad}"', "--set", 'data.format="npy"', "--runs-dir",
+    code, err = cli(["lm", "train", "--config", "tiny", "--set", f'data.path="{bad}"', "--set", 'data.format="npy"', "--runs-dir",
                      tmp_path / "runs", "--epochs", "1"], capsys)
     assert code == 2 and "Traceback" not in err and "train.npy" in err
     assert not marker.exists()
