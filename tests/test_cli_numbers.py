@@ -131,3 +131,19 @@ def test_a_killed_checkpoint_write_leaves_no_temp_file_behind(tmp_path):
     (ck / ".000000001.last.model.safetensors.abc.tmp").write_bytes(b"half")
     save_checkpoint(ck, "last", "000000002", {"w": torch.zeros(2)}, {}, {"step": 2})
     assert not list(ck.glob(".*.tmp"))
+
+
+def test_threads_flag_sets_torch_threads_for_inference_commands(runs, capsys, monkeypatch):
+    import torch
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    assert main(["lm", "generate", str(runs / "runs" / "lm"), "--prompt", "the cat", "--max-new-tokens", "3",
+                 "--threads", "1", "--no-stream"]) == 0
+    assert calls == [1]
+    one_line_error(["las", "decode", runs / "runs" / "las", runs / "toy" / "val", "--threads", "0"], capsys, "--threads")
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("lstmkit ")
