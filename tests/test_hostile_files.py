@@ -97,7 +97,7 @@ def test_a_pointer_to_a_file_that_is_not_safetensors_is_refused(lm_run, tmp_path
     rec = json.loads((ck / "best.json").read_text())
     bogus = ck / "000000001.best.model.safetensors"
     bogus.write_bytes(b"not safetensors at all")
-    rec["files"]["model"] = {"name": bogus.name, "sha256": hashlib.sha256(bogus.read_bytes()).hexsnapshot(),
+    rec["files"]["model"] = {"name": bogus.name, "sha256": hashlib.sha256(bogus.read_bytes()).hexdigest(),
                              "bytes": bogus.stat().st_size}
     (ck / "best.json").write_text(json.dumps(rec))
     code, err = cli(["lm", "generate", run, "--prompt", "the cat"], capsys)
