@@ -183,3 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"lstmkit: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    finally:
+        from .core.distributed import close_distributed
+        close_distributed()

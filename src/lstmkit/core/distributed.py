@@ -66,6 +66,13 @@ def init_distributed(device: str = "auto") -> Dist:
     return Dist(tdist.get_rank(), tdist.get_world_size(), local)
 
 
+def close_distributed() -> None:
+    """Leave the process group (end of a torchrun process): without it, gloo's worker threads can
+    abort the interpreter at exit ("terminate called without an active exception")."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
 def device_for(dist: Dist, device: str) -> str:
     """``cuda`` means this rank's own GPU (``cuda:<local_rank>``) under torchrun."""
     if dist.enabled and (device == "cuda" or (device == "auto" and torch.cuda.is_available())):
