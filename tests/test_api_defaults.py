@@ -33,3 +33,20 @@ def test_load_las_carries_the_runs_validation_weight(tmp_path):
     LASTrainer(cfg, run_id="r").fit()
     model, _ = load_las(tmp_path / "runs" / "r")
     assert model.decode_ctc_weight == 0.8
+
+
+def test_an_explicit_ctc_weight_of_0_decodes_with_attention_alone():
+    """`las decode --ctc-weight 0` / `transcribe(ctc_weight=0)`: the explicit 0 wins over the model's weight."""
+    from lstmkit.las.data import CharVocabulary
+    from lstmkit.las.decode import decode_texts
+    torch.manual_seed(0)
+    vocab = CharVocabulary(list("abcdefg"))
+    m = LAS(LASConfig(vocab_size=len(vocab), listener_hidden=16, key_size=8, embed_size=8, speller_hidden=16,
+                      ctc_weight=0.5)).eval()
+    m.decode_ctc_weight = 0.8
+    x, lens = torch.randn(3, 20, 40), torch.tensor([20, 15, 9])
+    with torch.no_grad():
+        alone, _ = greedy_decode(m, x, lens, vocab.sos, vocab.eos, ctc_weight=0.0)
+        assert decode_texts(m, vocab, x, lens, ctc_weight=0.0) == [vocab.decode(r.tolist()) for r in alone]
+        joint = beam_search(m, x, lens, vocab.sos, vocab.eos, beam=1, ctc_weight=0.8)
+        assert decode_texts(m, vocab, x, lens) == [vocab.decode(s) for s in joint]

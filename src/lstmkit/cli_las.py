@@ -58,14 +58,10 @@ def las_train(args) -> int:
 
 def las_decode(args) -> int:
     import csv
-    from .las import SpeechDataset, beam_search, cer, greedy_decode, load_las, wer
+    from .las import SpeechDataset, cer, load_las, wer
     from .las.data import collate
-    if args.beam < 1:
-        raise InputError("--beam", f"found {args.beam}", "a beam width >= 1")
-    model, vocab = load_las(args.run, args.checkpoint)
-    if args.ctc_weight is None:
-        from .las.trainer import run_ctc_weight
-        args.ctc_weight = run_ctc_weight(args.run)
+    from .las.decode import decode_texts
+    model, vocab = load_las(args.run, args.checkpoint)      # its decode_ctc_weight: the run's, unless --ctc-weight
     if args.window is not None:
         model.speller.window = args.window
     ds = SpeechDataset.from_folder(args.data, vocab, model.config.n_bands, allow_empty=True)
@@ -81,14 +77,8 @@ def las_decode(args) -> int:
         idx = list(range(i, min(i + args.batch_size, len(ds))))
         bar.update(len(idx))
         b = collate([ds[j] for j in idx], vocab, idx)
-        if args.beam > 1 or fusion is not None or args.ctc_weight:
-            seqs = beam_search(model, b.features, b.lengths, vocab.sos, vocab.eos, beam=args.beam,
-                               length_norm=args.length_norm, lm_step=fusion, lm_weight=args.lm_weight,
-                               length_bonus=args.length_bonus, ctc_weight=args.ctc_weight)
-            hyps += [vocab.decode(s) for s in seqs]
-        else:
-            ids, _ = greedy_decode(model, b.features, b.lengths, vocab.sos, vocab.eos)
-            hyps += [vocab.decode(r.tolist()) for r in ids]
+        hyps += decode_texts(model, vocab, b.features, b.lengths, args.beam, args.ctc_weight, fusion, args.lm_weight,
+                             args.length_norm, args.length_bonus)
         refs += [ds.utts[j].text for j in idx]
     bar.close()
     w = csv.writer(sys.stdout, delimiter="\t")

@@ -70,6 +70,11 @@ class LASRunConfig:
     def load(cls, path: str | Path, overrides: dict | None = None) -> "LASRunConfig":
         return load_toml(cls, path, overrides)
 
+    @property
+    def decode_ctc_weight(self) -> float:
+        """The joint CTC weight validation decodes with (``train.val_ctc_weight``); 0 without a CTC head."""
+        return self.train.val_ctc_weight if self.model.ctc_weight > 0 else 0.0
+
 
 def learning_rate(epoch: int, cfg: LASOptimConfig) -> float:
     """``lr`` x ``lr_decay`` ** ``epoch`` (0-based), not below ``min_lr``.

@@ -18,6 +18,21 @@ def length_caps(lengths: torch.Tensor, max_ratio: float, max_len: int | None, de
     return caps, min(max_len, longest) if max_len else longest
 
 
+def decode_texts(model: LAS, vocab, features: torch.Tensor, lengths: torch.Tensor, beam: int = 1,
+                 ctc_weight: float | None = None, lm_step: Callable | None = None, lm_weight: float = 0.0,
+                 length_norm: float = 1.0, length_bonus: float = 0.0) -> list[str]:
+    """Transcripts of a padded batch, as ``las decode`` and ``transcribe`` make them: batched beam
+    search when ``beam`` > 1, an LM is fused or a CTC weight applies (``ctc_weight`` None: the
+    model's ``decode_ctc_weight``), plain greedy decoding otherwise."""
+    w = model_ctc_weight(model, ctc_weight)
+    if beam > 1 or lm_step is not None or w:
+        seqs = beam_search(model, features, lengths, vocab.sos, vocab.eos, beam=beam, length_norm=length_norm,
+                           lm_step=lm_step, lm_weight=lm_weight, length_bonus=length_bonus, ctc_weight=w)
+        return [vocab.decode(s) for s in seqs]
+    ids, _ = greedy_decode(model, features, lengths, vocab.sos, vocab.eos, ctc_weight=0.0)
+    return [vocab.decode(r.tolist()) for r in ids]
+
+
 def model_ctc_weight(model: LAS, ctc_weight: float | None) -> float:
     """``ctc_weight`` if given, else the model's own decoding weight (0 for a model without one)."""
     return float(getattr(model, "decode_ctc_weight", 0.0)) if ctc_weight is None else float(ctc_weight)

@@ -64,7 +64,7 @@ class LASTrainer(RewindOnNonFinite):
         self.train_set = SpeechDataset(train, self.vocab, f"{cfg.data.path or 'toy'}/{cfg.data.train_split}")
         self.val_set = SpeechDataset(val, self.vocab, f"{cfg.data.path or 'toy'}/{cfg.data.val_split}")
         self.model = LAS(cfg.model).to(self.runtime.device)
-        self.model.decode_ctc_weight = cfg.train.val_ctc_weight if cfg.model.ctc_weight > 0 else 0.0   # as validation decodes
+        self.model.decode_ctc_weight = cfg.decode_ctc_weight     # greedy_decode / beam_search default: as validation
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         # optim.ema_decay > 0: validation, plots and the best checkpoint use averaged weights
         self.averaged = weight_average(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
@@ -356,7 +356,7 @@ class LASTrainer(RewindOnNonFinite):
 def run_ctc_weight(run_dir: str | Path) -> float:
     """The joint CTC weight a run validated with (``train.val_ctc_weight``); 0 without a CTC head."""
     cfg = load_toml(LASRunConfig, RunFolder.open(run_dir, "las").path / "config.toml")
-    return cfg.train.val_ctc_weight if cfg.model.ctc_weight > 0 else 0.0
+    return cfg.decode_ctc_weight
 
 
 def load_las(run_dir: str | Path, which: str = "best") -> tuple[LAS, CharVocabulary]:
@@ -371,5 +371,5 @@ def load_las(run_dir: str | Path, which: str = "best") -> tuple[LAS, CharVocabul
     model = LAS(cfg.model)
     weights, _, _ = load_checkpoint(run.checkpoint_dir, which)
     load_module_weights(model, weights, str(run.checkpoint_dir))
-    model.decode_ctc_weight = cfg.train.val_ctc_weight if cfg.model.ctc_weight > 0 else 0.0   # as the run validated
+    model.decode_ctc_weight = cfg.decode_ctc_weight          # decode as the run validated
     return model.eval(), vocab

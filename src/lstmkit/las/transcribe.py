@@ -76,7 +76,7 @@ def transcribe(run_dir: str | Path, audio: Sequence[str | Path], beam: int = 1, 
     """Transcripts of ``audio`` files by the run's ``checkpoint`` model, batched. Decoding as the run
     validated: joint CTC/attention greedy with the run's weight (``ctc_weight`` None); ``beam`` > 1
     for beam search; ``lm``: shallow fusion with a character-level LM run at ``lm_weight``."""
-    from .decode import beam_search, greedy_decode
+    from .decode import decode_texts
     from .trainer import load_las
     if beam < 1 or batch_size < 1:
         raise InputError("beam/batch_size", f"{beam}/{batch_size}", "integers >= 1")
@@ -94,11 +94,5 @@ def transcribe(run_dir: str | Path, audio: Sequence[str | Path], beam: int = 1, 
         feats = [torch.from_numpy(audio_features(p, cfg, level)) for p in audio[i: i + batch_size]]
         lengths = torch.tensor([f.size(0) for f in feats])
         x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
-        if beam > 1 or fusion is not None:
-            seqs = beam_search(model, x, lengths, vocab.sos, vocab.eos, beam=beam, lm_step=fusion, lm_weight=lm_weight,
-                               ctc_weight=ctc_weight)
-            out += [vocab.decode(s) for s in seqs]
-        else:
-            ids, _ = greedy_decode(model, x, lengths, vocab.sos, vocab.eos, ctc_weight=ctc_weight)
-            out += [vocab.decode(r.tolist()) for r in ids]
+        out += decode_texts(model, vocab, x, lengths, beam, ctc_weight, fusion, lm_weight)
     return out
