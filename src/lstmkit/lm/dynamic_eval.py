@@ -28,7 +28,7 @@ import torch
 from ..core.device import Runtime
 from ..errors import InputError
 from .data import batchify
-from .evaluate import stream_windows
+from .evaluate import n_windows, stream_windows
 from .model import AWDLSTM, detach_hidden
 
 
@@ -130,8 +130,7 @@ def dynamic_eval_losses(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConf
         rate = [cfg.decay * torch.clamp(r / mean_rms, max=cap) for r in rms]  # decay x decrate, <= 1
     total, total_cache, count = 0.0, 0.0, 0
     from ..core.progress import Progress
-    segments = -(-max(len(stream) // cfg.batch_size - 1, 0) // cfg.bptt)
-    bar = Progress(segments, progress, "segments", "tokens/s") if progress else None
+    bar = Progress(n_windows(stream, cfg.batch_size, cfg.bptt), progress, "segments", "tokens/s") if progress else None
     try:
         for h, y in stream_windows(model, stream, cfg.batch_size, cfg.bptt, runtime):
             if bar is not None:

@@ -21,6 +21,15 @@ from .data import batchify
 from .model import AWDLSTM, detach_hidden
 
 
+def n_windows(stream: np.ndarray, batch_size: int, bptt: int) -> int:
+    """How many windows :func:`stream_windows` yields for this stream (for progress reports).
+
+    >>> n_windows(np.arange(101), 10, 3)
+    3
+    """
+    return -(-max(len(stream) // max(batch_size, 1) - 1, 0) // bptt)
+
+
 def stream_windows(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bptt: int = 70,
                    runtime: Runtime | None = None, dist=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Walk a continuous stream in eval mode, ``bptt`` tokens at a time, carrying the hidden state:
@@ -58,8 +67,7 @@ def stream_loss(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bptt: 
     under this name (a bar on a terminal, status lines otherwise)."""
     from ..core.progress import Progress
     total, count = 0.0, 0
-    windows = -(-max(len(stream) // max(batch_size, 1) - 1, 0) // bptt)
-    bar = Progress(windows, progress, "windows", "tokens/s") if progress else None
+    bar = Progress(n_windows(stream, batch_size, bptt), progress, "windows", "tokens/s") if progress else None
     for h, y in stream_windows(model, stream, batch_size, bptt, runtime, dist):
         loss = float(model.loss(h, y))
         total += loss * y.numel()

@@ -137,8 +137,8 @@ class WeightDrop(nn.Module):
     def layout(self, device: torch.device, dtype: torch.dtype) -> FlatLayout:
         key = (str(device), dtype)
         if key not in self._layouts:
-            packed = FlatLayout.packed(self.module._flat_weights)
-            self._layouts[key] = cudnn_layout(self.module, dtype) if device.type == "cuda" else packed
+            self._layouts[key] = cudnn_layout(self.module, dtype) if device.type == "cuda" \
+                else FlatLayout.packed(self.module._flat_weights)
         return self._layouts[key]
 
     def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
