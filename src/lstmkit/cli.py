@@ -23,6 +23,8 @@ def _overrides(args) -> dict:
     for flag, key in (("max_minutes", "max_minutes"), ("epochs", "epochs"), ("runs_dir", "runs_dir")):
         if getattr(args, flag, None) is not None:
             out = merge(out, {"train": {key: getattr(args, flag)}})
+    if getattr(args, "fit_epochs", False):
+        out = merge(out, {"train": {"fit_epochs": True}})
     if getattr(args, "data", None) is not None:
         out = merge(out, {"data": {"path": args.data}})
     return out

@@ -45,6 +45,8 @@ def build_parser(funcs: dict) -> argparse.ArgumentParser:
                    "required unless --resume")
     t.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its last checkpoint")
     _train_flags(t, "name of the run folder (default: unix time)")
+    t.add_argument("--fit-epochs", action="store_true", help="time a few steps here first, then set train.epochs to "
+                   "what fits in the time budget, so the learning-rate schedule ends inside it (train.fit_epochs)")
 
     f = lm.add_parser("finetune", help="the paper's fine-tuning stage: averaged training from a run's best weights")
     f.add_argument("run", help="the run folder to fine-tune (its best checkpoint)")

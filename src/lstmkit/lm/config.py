@@ -48,6 +48,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = field(default=750, metadata=POS)
     max_minutes: float | None = field(default=None, metadata={"min": 0.0, "min_open": True})
+    fit_epochs: bool = False           # set epochs to what fits in max_minutes here (timed first; lm/budget.py)
     evals_per_epoch: int = field(default=1, metadata=POS)        # validations (NT-ASGD checks) per epoch
     seed: int = 141
     device: str = "auto"

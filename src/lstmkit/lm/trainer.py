@@ -331,6 +331,9 @@ class LanguageModelTrainer(RewindOnNonFinite):
         """Train up to ``max_epochs`` (or ``max_minutes`` of wall time), validating each epoch; then
         evaluate the best checkpoint on the test split. Ctrl-C stops cleanly after a checkpoint."""
         minutes = max_minutes or self.config.train.max_minutes
+        if self.config.train.fit_epochs:       # before the clock starts: time the config, fit the schedule
+            from .budget import fit_epochs
+            fit_epochs(self, minutes)
         self._deadline = time.time() + 60 * minutes if minutes else math.inf
         with StopFlag() as self._flag:
             while self.epoch < self.max_epochs and not self.stopped:
