@@ -244,7 +244,9 @@ def main():
         rows = [r for r in rows if r[0] in args.only.split(",") or r[0] == "reference"]
     if rt.amp_dtype is None:
         rows = [r for r in rows if r[0] not in ("fp32", "fastai-bf16")]
-    peaks = {None: peak_matmul_gflops(torch.float32, rt.device), torch.bfloat16: peak_matmul_gflops(torch.bfloat16, rt.device)}
+    # the matmul peak of each precision a row runs in (not bf16 on a CPU without bf16 units, where an
+    # emulated 2048^3 bf16 loop alone takes minutes)
+    peaks = {dt: peak_matmul_gflops(dt or torch.float32, rt.device) for dt in {r[3].amp_dtype for r in rows}}
     adaptive_rows = c.adaptive_cutoffs[0] + len(c.adaptive_cutoffs) if c.softmax == "adaptive" else None
     mem = PeakMemory(rt.device)
     results = []
@@ -269,13 +271,14 @@ def main():
         results.append((name, train, ev, fl, runtime.amp_dtype, mem.mib))
         del model, step, evaluate
     for dt in peaks:   # measured again after the runs (clocks may have changed): keep the higher
-        peaks[dt] = max(peaks[dt], peak_matmul_gflops(dt, rt.device))
+        peaks[dt] = max(peaks[dt], peak_matmul_gflops(dt or torch.float32, rt.device))
     ref_train = next(r[1] for r in results if r[0].startswith("reference"))
     ref_eval = next(r[2] for r in results if r[0].startswith("reference"))
     print(f"# {args.config}: batch {n}, bptt {t}, emb {c.emb_size}, hidden {c.hidden_size}, layers {c.num_layers}, "
           f"vocab {c.vocab_size}; {3 * flops_per_token(c) / 1e6:.0f} MFLOP per training token (full softmax)")
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()} ({rt.device}), "
-          f"{torch.get_num_threads()} threads; matmul peak fp32 {peaks[None]:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16]:.0f} GFLOP/s; "
+          f"{torch.get_num_threads()} threads; matmul peak " + ", ".join(f"{'bf16' if dt else 'fp32'} {v:.0f} GFLOP/s"
+                                                                   for dt, v in peaks.items()) + "; "
           f"{args.steps} timed steps after 1 warm-up")
     print("| implementation | train tok/s | ratio | train MFU | eval tok/s | ratio | eval MFU | peak MiB |")
     print("|---|---|---|---|---|---|---|---|")

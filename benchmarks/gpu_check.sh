@@ -1,26 +1,84 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 18 as one script for the `device` tool (an H200 session; see
-# benchmarks/README.md "GPU"). Writes every log under $OUT. Expects the wheels the machine lacks in
-# .whl/ (carried); the device tool's README says how to download them.
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=590)
+# The GPU checks of issue 18 for the `device` tool (one H200; 15 minutes of device time a session,
+# start-up included), in stages that each fit one call and leave time for the next:
+#   quick   (~4 min) env, CUDA-parametrized tests, LM training tokens/s against the 2017 reference
+#           and fastai (bench_lm_train.py on configs/wt2.toml), LAS toy for 60 s under bf16 (default)
+#   recipe  (~7.5 min) configs/wt2-gpu.toml: 6.5 minutes of training with the schedule fitted to the
+#           budget, final dev/test evaluation; perplexity against seconds
+#   las-fp32 (~1.5 min) the LAS toy minute again in fp32, for comparison
+#   testtime (~3 min) cache and dynamic evaluation of the recipe's run on the test split (needs the
+#           run folder, so only in the same call as `recipe`: `bash ... recipe testtime`)
+# Prepare the wheels here first (bash benchmarks/gpu_wheels.sh), then, e.g.:
+#   run(command="bash benchmarks/gpu_check.sh quick", carry=[".whl"], timeout_s=420)
+#   run(command="bash benchmarks/gpu_check.sh recipe", carry=[".whl"], timeout_s=560)
+# What comes back (at most 8 files): $OUT/summary-<stages>.txt (also printed) and $OUT/logs-<stages>.tar.gz.
 set -u
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+STAGES=${*:-quick}
+BENCH_CONFIG=${BENCH_CONFIG:-configs/wt2.toml}; RECIPE=${RECIPE:-wt2-gpu}; LAS=${LAS:-las-toy}   # smaller ones for a dry run on a CPU
+TAG=$(echo "$STAGES" | tr ' ' '-')
+LOGS=/tmp/gpu-logs; RUNS=/tmp/gpu-runs; mkdir -p "$LOGS" "$RUNS"
+SUMMARY="$OUT/summary-$TAG.txt"
+export PYTHONUNBUFFERED=1 LSTMKIT_STATUS_SECONDS=30 LSTMKIT_TENSORBOARD=0
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    > "$LOGS/pip.txt" 2>&1
   export PYTHONPATH=/tmp/site:$PWD/src
 else
   export PYTHONPATH=$PWD/src
 fi
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"; } > "$OUT/env.txt" 2>&1
-# 1. CUDA-parametrized tests: flat buffer (no cuDNN copy warning), device step without sync, LAS bf16 cells
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py tests/test_las_precision.py > "$OUT/tests.txt" 2>&1
-# 2. LM training speed, paper config, with and without fastai rows (fastai only if its wheels came)
-timeout 200 python3 benchmarks/bench_lm_train.py --config configs/wt2.toml --steps 10 > "$OUT/bench_lm.txt" 2>&1
-# 3. LAS toy under bf16 (default) and fp32, one minute each: alignment_accuracy in metrics.jsonl
-for prec in auto fp32; do
-  timeout 100 python3 -m lstmkit las train --config configs/las-toy.toml --max-minutes 1 --run-id "toy-$prec" \
-    --runs-dir /tmp/runs --set "train.precision=\"$prec\"" > "$OUT/las_$prec.txt" 2>&1
-  grep '"valid"\|"stop"' /tmp/runs/toy-$prec/metrics.jsonl >> "$OUT/las_$prec.txt" 2>/dev/null
+say() { echo "$*" >> "$SUMMARY"; }
+T0=$(date +%s)
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'python', platform.python_version())"
+} > "$LOGS/env.txt" 2>&1
+say "# stages: $STAGES; $(tr '\n' ';' < "$LOGS/env.txt")"
+
+curve() {   # validation perplexity against training seconds of run folder $1
+  python3 - "$1" <<'EOF'
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+for line in (run / "metrics.jsonl").read_text().splitlines():
+    r = json.loads(line)
+    if r["type"] == "fit_epochs":
+        print(f"fit_epochs: {r['epochs']} epochs, {1000 * r['step_s']:.1f} ms per window, validation {r['val_s']:.2f} s")
+    elif r["type"] in ("valid", "stop"):
+        extra = "".join(f" {k} {r[k]:.3f}" for k in ("alignment_accuracy", "cer") if k in r)
+        ppl = f" ppl {r['val_ppl']:.2f}" if "val_ppl" in r else ""
+        print(f"  {r['type']:5} step {r['step']:>6} epoch {r['epoch']:>4} elapsed {r.get('elapsed_s', 0):>7.1f} s val_loss {r['val_loss']:.4f}{ppl}{extra}")
+res = run / "results.json"
+if res.exists():
+    print("results:", res.read_text().replace("\n", " "))
+EOF
+}
+
+for stage in $STAGES; do
+  s0=$(date +%s)
+  case $stage in
+    quick)
+      timeout 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu_paths.py tests/test_las_precision.py \
+        > "$LOGS/tests.txt" 2>&1
+      say "## tests: $(tail -n 1 "$LOGS/tests.txt")"
+      timeout 150 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 > "$LOGS/bench_lm.txt" 2>&1
+      say "## bench_lm_train.py --config $BENCH_CONFIG --steps 10 (rc $?)"; grep -E '^[|#]' "$LOGS/bench_lm.txt" >> "$SUMMARY"
+      timeout 100 python3 -m lstmkit las train --config "$LAS" --max-minutes 1 --run-id toy-auto --runs-dir "$RUNS" \
+        > "$LOGS/las_auto.txt" 2>&1
+      say "## LAS toy, 1 minute, precision auto (bf16 on CUDA) (rc $?)"; curve "$RUNS/toy-auto" >> "$SUMMARY" 2>&1 ;;
+    las-fp32)
+      timeout 100 python3 -m lstmkit las train --config "$LAS" --max-minutes 1 --run-id toy-fp32 --runs-dir "$RUNS" \
+        --set 'train.precision="fp32"' > "$LOGS/las_fp32.txt" 2>&1
+      say "## LAS toy, 1 minute, fp32 (rc $?)"; curve "$RUNS/toy-fp32" >> "$SUMMARY" 2>&1 ;;
+    recipe)
+      timeout 520 python3 -m lstmkit lm train --config "$RECIPE" --run-id wt2-gpu --runs-dir "$RUNS" > "$LOGS/recipe.txt" 2>&1
+      say "## lm train --config $RECIPE (rc $?)"; curve "$RUNS/wt2-gpu" >> "$SUMMARY" 2>&1 ;;
+    testtime)
+      timeout 240 python3 -m lstmkit lm eval "$RUNS/wt2-gpu" --split test --cache --dynamic-eval > "$LOGS/testtime.txt" 2>&1
+      say "## lm eval wt2-gpu --split test --cache --dynamic-eval (rc $?)"; tail -n 15 "$LOGS/testtime.txt" >> "$SUMMARY" ;;
+    *) say "unknown stage $stage (quick, recipe, las-fp32, testtime)" ;;
+  esac
+  say "# stage $stage: $(( $(date +%s) - s0 )) s"
 done
-echo done > "$OUT/done.txt"
+say "# total $(( $(date +%s) - T0 )) s"
+tar -czf "$OUT/logs-$TAG.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.npy' -C /tmp gpu-logs gpu-runs
+cat "$SUMMARY"

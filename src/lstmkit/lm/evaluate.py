@@ -66,14 +66,15 @@ def stream_loss(model: AWDLSTM, stream: np.ndarray, batch_size: int = 10, bptt: 
     the sums are all-reduced, so every rank returns the same value. ``progress``: show progress
     under this name (a bar on a terminal, status lines otherwise)."""
     from ..core.progress import Progress
-    total, count = 0.0, 0
-    bar = Progress(n_windows(stream, batch_size, bptt), progress, "windows", "tokens/s") if progress else None
-    for h, y in stream_windows(model, stream, batch_size, bptt, runtime, dist):
-        loss = float(model.loss(h, y))
-        total += loss * y.numel()
+    total, count = 0.0, 0       # the sum stays on the device (float64): no host sync per window on a GPU
+    n = n_windows(stream, batch_size, bptt)
+    bar = Progress(n, progress, "windows", "tokens/s") if progress else None
+    for i, (h, y) in enumerate(stream_windows(model, stream, batch_size, bptt, runtime, dist)):
+        total = total + model.loss(h, y).double() * y.numel()
         count += y.numel()
         if bar is not None:
-            bar.update(1, y.numel(), nll=round(total / count, 4))
+            bar.update(1, y.numel(), **({"nll": round(float(total) / count, 4)} if i % 25 == 0 or i == n - 1 else {}))
+    total = float(total)
     if bar is not None:
         bar.close()
     if dist is not None and dist.enabled:
