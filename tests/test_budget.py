@@ -20,17 +20,17 @@ def records(run, kind):
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
 
 
-@pytest.mark.parametrize("budget,step,windows,val,evals,cap", [
-    (390.0, 0.014, 373, 0.3, 1, 1000),     # a 6.5-minute GPU recipe
-    (3600.0, 2.5, 373, 40.0, 2, 750),      # an hour on a CPU, two validations per epoch
-    (60.0, 1.0, 100, 5.0, 1, 750),         # less than one epoch fits: one epoch still runs
-    (900.0, 0.001, 100, 0.0, 1, 40),       # more than the cap fits: the cap
+@pytest.mark.parametrize("budget,step,windows,val,evals,cap,extra", [
+    (390.0, 0.014, 373, 0.3, 1, 1000, 0.4),     # a 6.5-minute GPU recipe
+    (3600.0, 2.5, 373, 40.0, 2, 750, 1.0),      # an hour on a CPU, two validations per epoch
+    (60.0, 1.0, 100, 5.0, 1, 750, 0.0),         # less than one epoch fits: one epoch still runs
+    (900.0, 0.001, 100, 0.0, 1, 40, 0.0),       # more than the cap fits: the cap
 ])
-def test_epochs_that_fit_is_the_budget_over_an_epochs_time(budget, step, windows, val, evals, cap):
+def test_epochs_that_fit_is_the_budget_over_an_epochs_time(budget, step, windows, val, evals, cap, extra):
     usable = budget * 0.97                             # 3% kept for what the timing does not see
-    per_epoch = step * windows + val * evals
+    per_epoch = step * windows + val * evals + extra
     expected = min(cap, max(1, math.floor(usable / per_epoch)))
-    assert epochs_that_fit(budget, step, windows, val, evals, cap) == expected
+    assert epochs_that_fit(budget, step, windows, val, evals, cap, extra) == expected
 
 
 def test_epochs_that_fit_refuses_a_zero_or_broken_timing():
@@ -54,7 +54,7 @@ def test_fitting_leaves_the_run_exactly_as_with_the_fitted_epochs_given(small_co
     res = fitted.fit()
     fit = records(fitted.run.path, "fit_epochs")
     assert len(fit) == 1 and fit[0]["epochs"] == 2 and fit[0]["cap"] == 2     # 30 minutes: the cap
-    assert fit[0]["step_s"] > 0 and fit[0]["val_s"] > 0
+    assert fit[0]["step_s"] > 0 and fit[0]["val_s"] > 0 and fit[0]["artifacts_s"] > 0
     stored = load_toml(LMConfig, fitted.run.path / "config.toml")
     assert stored.train.epochs == 2 and stored.train.fit_epochs is False
     plain_cfg = copy.deepcopy(cfg)
@@ -88,3 +88,18 @@ def test_fit_epochs_needs_a_budget_and_a_new_run(small_corpus, tmp_path):
     t.step = 5                              # a resumed run: fitting again would change its schedule
     with pytest.raises(InputError, match="fitted once"):
         t.fit(max_minutes=1.0)
+
+
+@pytest.mark.slow
+def test_validations_in_training_use_check_batch_size_and_the_final_dev_number_eval_batch_size(small_corpus, tmp_path):
+    from lstmkit.lm.evaluate import stream_loss
+    from lstmkit.lm.trainer import load_model
+    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=1, threads=1)
+    cfg.data.check_batch_size, cfg.data.eval_batch_size = 3, 4
+    t = LanguageModelTrainer.from_config(cfg, run_id="check")
+    res = t.fit()
+    model, valid, bptt = load_model(t.run.path), t.loader.corpus.valid, cfg.data.bptt
+    checked = records(t.run.path, "valid")[0]["val_loss"]
+    assert checked == pytest.approx(stream_loss(model, valid, 3, bptt), rel=1e-6)
+    assert res["val_loss"] == pytest.approx(stream_loss(model, valid, 4, bptt), rel=1e-6)
+    assert checked != res["val_loss"]

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,14 +26,16 @@ MARGIN = 0.03          # share of the budget kept free for what the timing does 
 
 
 def epochs_that_fit(budget_s: float, step_s: float, windows_per_epoch: int, val_s: float, evals_per_epoch: int,
-                    cap: int, margin: float = MARGIN) -> int:
-    """Whole epochs (training windows + ``evals_per_epoch`` validations each) that fit in
-    ``budget_s x (1 - margin)``; at least 1, at most ``cap``.
+                    cap: int, extra_s: float = 0.0, margin: float = MARGIN) -> int:
+    """Whole epochs (training windows, ``evals_per_epoch`` validations and ``extra_s`` of artifacts
+    each) that fit in ``budget_s x (1 - margin)``; at least 1, at most ``cap``.
 
     >>> epochs_that_fit(600, step_s=0.02, windows_per_epoch=373, val_s=0.5, evals_per_epoch=1, cap=1000)
-    70
+    73
+    >>> 600 * 0.97 // (0.02 * 373 + 0.5)      # 582 s usable / 7.96 s per epoch
+    73.0
     """
-    per_epoch = step_s * windows_per_epoch + val_s * evals_per_epoch
+    per_epoch = step_s * windows_per_epoch + val_s * evals_per_epoch + extra_s
     if not (math.isfinite(per_epoch) and per_epoch > 0):
         raise ValueError(f"epochs_that_fit: seconds per epoch {per_epoch!r}; expected a positive number")
     return max(1, min(cap, int(budget_s * (1.0 - margin) // per_epoch)))
@@ -46,7 +50,9 @@ def time_training(trainer, warmup: int = 2, max_steps: int = 20, max_seconds: fl
     """Seconds per training window and per validation pass of ``trainer``'s config on its device,
     measured on copies of its model and optimizer over the first windows of the training stream.
     The trainer's model, optimizer, data position and every random state are left as they were."""
+    from ..core.plots import plot_curves
     from .evaluate import stream_loss
+    from .generate import TestLanguageModel
     from .model import detach_hidden
     from .trainer import _lm_objective
     cfg, rt = trainer.config, trainer.runtime
@@ -84,19 +90,27 @@ def time_training(trainer, warmup: int = 2, max_steps: int = 20, max_seconds: fl
         step_s = (time.perf_counter() - t) / n
         model.eval()
         valid = trainer.loader.corpus.valid
-        part = valid[: min(len(valid), d.eval_batch_size * (d.bptt * 8 + 1))]
-        stream_loss(model, part[: d.eval_batch_size * (d.bptt + 1)], d.eval_batch_size, d.bptt, rt)   # warm-up
+        rows_ = d.check_batch_size or d.eval_batch_size           # as the validations during training
+        part = valid[: min(len(valid), rows_ * (d.bptt * 8 + 1))]
+        stream_loss(model, part[: rows_ * (d.bptt + 1)], rows_, d.bptt, rt)   # warm-up
         _sync(dev)
         t = time.perf_counter()
-        stream_loss(model, part, d.eval_batch_size, d.bptt, rt)
+        stream_loss(model, part, rows_, d.bptt, rt)
         _sync(dev)
         val_s = (time.perf_counter() - t) * len(valid) / max(len(part), 1)
+        t = time.perf_counter()                 # each epoch's artifacts: scores, continuations, loss.png
+        for ctx, _ in (trainer.dev_ctx, trainer.test_ctx):
+            TestLanguageModel.prediction(ctx, model)
+            TestLanguageModel.generation(ctx[:8], cfg.train.generate_len, model)
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_curves(Path(tmp) / "loss.png", {"train": ([0, 1], [1.0, 0.5]), "dev": ([1], [0.7])}, xlabel="step")
+        extra_s = time.perf_counter() - t
     finally:
         del model, opt
         set_rng_state(saved)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    return {"step_s": step_s, "val_s": val_s, "timed_steps": n, "bptt": bptt}
+    return {"step_s": step_s, "val_s": val_s, "extra_s": extra_s, "timed_steps": n, "bptt": bptt}
 
 
 def fit_epochs(trainer, minutes: float) -> int:
@@ -115,19 +129,19 @@ def fit_epochs(trainer, minutes: float) -> int:
     t0 = time.time()
     m = time_training(trainer)
     world = trainer.dist.world if trainer.dist.enabled else 1
-    step_s, val_s = (v / world for v in all_sum([m["step_s"], m["val_s"]], trainer.dist))
+    step_s, val_s, extra_s = (v / world for v in all_sum([m["step_s"], m["val_s"], m["extra_s"]], trainer.dist))
     t = trainer.config.train
     cap = t.epochs
-    n = epochs_that_fit(60.0 * minutes, step_s, len(trainer.loader), val_s, t.evals_per_epoch, cap)
+    n = epochs_that_fit(60.0 * minutes, step_s, len(trainer.loader), val_s, t.evals_per_epoch, cap, extra_s)
     t.epochs, t.fit_epochs, trainer.max_epochs = n, False, n
     if trainer.dist.main:
         trainer.run.write_text("config.toml", dumps_toml(to_dict(trainer.config)))
     rec = {"type": "fit_epochs", "epochs": n, "cap": cap, "minutes": minutes, "step_s": round(step_s, 6),
-           "windows_per_epoch": len(trainer.loader), "val_s": round(val_s, 4), "timed_steps": m["timed_steps"],
+           "windows_per_epoch": len(trainer.loader), "val_s": round(val_s, 4), "artifacts_s": round(extra_s, 4), "timed_steps": m["timed_steps"],
            "timing_s": round(time.time() - t0, 2)}
     trainer.run.log_metrics(rec)
     if trainer.dist.main:
         print(f"fit_epochs: {step_s * 1000:.1f} ms per window x {len(trainer.loader)} windows + validation "
-              f"{val_s:.1f} s x {t.evals_per_epoch} per epoch -> {n} epochs fit in {minutes:g} minutes"
+              f"{val_s:.1f} s x {t.evals_per_epoch} + artifacts {extra_s:.1f} s per epoch -> {n} epochs fit in {minutes:g} minutes"
               f"{' (the cap, train.epochs)' if n == cap else ''}; timed in {rec['timing_s']} s", flush=True)
     return n

@@ -185,7 +185,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
         """Validation NLL with the (averaged) weights; NT-ASGD check; metrics, best/last checkpoint."""
         d = self.config.data
         with self.opt.averaged():
-            val = stream_loss(self.model, self.loader.corpus.valid, d.eval_batch_size, d.bptt, self.runtime, self.dist)
+            val = stream_loss(self.model, self.loader.corpus.valid, d.check_batch_size or d.eval_batch_size, d.bptt, self.runtime, self.dist)
             if val < self.best_val:
                 self.best_val = val
                 if self.dist.main:
