@@ -57,7 +57,8 @@ for stage in $STAGES; do
   s0=$(date +%s)
   case $stage in
     quick)
-      timeout 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu_paths.py tests/test_las_precision.py \
+      timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu_paths.py tests/test_las_precision.py \
+        tests/test_deterministic.py "tests/test_budget.py::test_timing_leaves_weights_optimizer_data_position_and_random_state_untouched" \
         > "$LOGS/tests.txt" 2>&1
       say "## tests: $(tail -n 1 "$LOGS/tests.txt")"
       timeout 150 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 > "$LOGS/bench_lm.txt" 2>&1

@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from conftest import tiny_config
 from lstmkit.config import load_toml
@@ -93,7 +94,7 @@ def test_fit_epochs_needs_a_budget_and_a_new_run(small_corpus, tmp_path):
 @pytest.mark.slow
 def test_validations_in_training_use_check_batch_size_and_the_final_dev_number_eval_batch_size(small_corpus, tmp_path):
     from lstmkit.lm.evaluate import stream_loss
-    from lstmkit.lm.trainer import load_model
+    from lstmkit.lm import load_model
     cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=1, threads=1)
     cfg.data.check_batch_size, cfg.data.eval_batch_size = 3, 4
     t = LanguageModelTrainer.from_config(cfg, run_id="check")
@@ -103,3 +104,22 @@ def test_validations_in_training_use_check_batch_size_and_the_final_dev_number_e
     assert checked == pytest.approx(stream_loss(model, valid, 3, bptt), rel=1e-6)
     assert res["val_loss"] == pytest.approx(stream_loss(model, valid, 4, bptt), rel=1e-6)
     assert checked != res["val_loss"]
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_timing_leaves_weights_optimizer_data_position_and_random_state_untouched(small_corpus, tmp_path, device):
+    from lstmkit.lm.budget import time_training
+    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=1, threads=1, device=device)
+    cfg.optim.optimizer = "adamw"                 # an optimizer with state to disturb
+    cfg.optim.lr = 1e-3
+    t = LanguageModelTrainer.from_config(cfg, run_id="timing")
+    weights = {k: v.clone() for k, v in t.model.state_dict().items()}
+    opt_state = repr(t.opt.state_dict())
+    pos = t.loader.iterator.state_dict()
+    rng = [torch.get_rng_state()] + (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+    m = time_training(t, warmup=1, max_steps=3)
+    assert m["step_s"] > 0 and m["val_s"] > 0 and m["extra_s"] > 0 and m["timed_steps"] >= 2
+    assert all(torch.equal(v, weights[k]) for k, v in t.model.state_dict().items())
+    assert repr(t.opt.state_dict()) == opt_state and t.loader.iterator.state_dict() == pos
+    after = [torch.get_rng_state()] + (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+    assert all(torch.equal(a, b) for a, b in zip(rng, after)) and t.step == 0

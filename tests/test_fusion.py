@@ -1,5 +1,4 @@
 """Character-level language model (lm/ with data.unit = "char") and its shallow fusion into LAS beam search."""
-import numpy as np
 import pytest
 import torch
 

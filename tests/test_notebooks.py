@@ -1,5 +1,4 @@
 """The two notebooks run end to end in SMALL mode, and are committed without outputs."""
-import os
 from pathlib import Path
 
 import nbformat

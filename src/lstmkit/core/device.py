@@ -31,12 +31,16 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-def pick_runtime(device: str = "auto", precision: str = "auto", threads: int = 0) -> Runtime:
+def pick_runtime(device: str = "auto", precision: str = "auto", threads: int = 0, deterministic: bool = False) -> Runtime:
     """Resolve ``device`` ('auto'|'cpu'|'cuda'|'cuda:1') and ``precision`` ('auto'|'fp32'|'bf16').
 
     'auto' precision uses bf16 autocast on CUDA with bf16 support and on CPUs with AMX/AVX512-BF16.
-    ``threads`` > 0 sets torch's intra-op threads (0 keeps torch's default).
+    ``threads`` > 0 sets torch's intra-op threads (0 keeps torch's default). ``deterministic``:
+    ask cuBLAS for its reproducible workspace (it must be set before cuBLAS starts, so here, not
+    in :func:`deterministic_mode`).
     """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -49,3 +53,31 @@ def pick_runtime(device: str = "auto", precision: str = "auto", threads: int = 0
         fast = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_has_fast_bf16()
         precision = "bf16" if fast and not os.environ.get("LSTMKIT_FP32") else "fp32"
     return Runtime(dev, torch.bfloat16 if precision == "bf16" else None)
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool):
+    """Inside: PyTorch's deterministic kernels (``torch.use_deterministic_algorithms``, cuDNN
+    deterministic, no cuDNN benchmark), so that on a GPU two runs of one config, and a resumed run
+    and an uninterrupted one, give the same losses bit for bit (a CPU run already does). Ops with no
+    deterministic CUDA kernel (CTC loss backward) warn instead of failing. The previous settings
+    come back on exit: nothing global is left behind.
+
+    >>> with deterministic_mode(True):
+    ...     torch.are_deterministic_algorithms_enabled()
+    True
+    >>> torch.are_deterministic_algorithms_enabled()
+    False
+    """
+    if not enabled:
+        yield
+        return
+    old = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+           torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0], warn_only=old[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old[2], old[3]

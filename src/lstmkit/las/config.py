@@ -49,6 +49,7 @@ class LASTrainConfig:
     device: str = "auto"
     precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16")})
     threads: int = field(default=0, metadata={"min": 0})
+    deterministic: bool = False        # GPU: deterministic kernels, so runs and resumes repeat bit for bit (slower)
     runs_dir: str = "runs"
     n_plots: int = field(default=10, metadata={"min": 0})
     val_ctc_weight: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "max_open": True})  # joint CTC greedy in validation

@@ -189,7 +189,7 @@ def prepare_librispeech_mini(src: str | Path, out: str | Path, pool_to: int | No
             if not tx.is_dir():
                 text = ""
             elif not tf.is_file():
-                raise InputError(str(tf), "transcript not found", f"one text/<id>.npy per fbank/<id>.npy")
+                raise InputError(str(tf), "transcript not found", "one text/<id>.npy per fbank/<id>.npy")
             else:
                 chars = np.load(tf, allow_pickle=False)
                 text = "".join(c for c in chars.tolist() if len(c) == 1).lower()

@@ -21,7 +21,7 @@ import torch
 from ..config import dumps_toml, load_toml, to_dict
 from ..core.checkpoint import (check_state, require_resumable, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state,
                                save_checkpoint, set_rng_state)
-from ..core.device import pick_runtime
+from ..core.device import deterministic_mode, pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, init_distributed, wrap
 from ..core.plots import plot_attention, plot_curves, plot_features
 from ..core.progress import Progress
@@ -55,7 +55,8 @@ class LASTrainer(RewindOnNonFinite):
                  vocab: CharVocabulary | None = None):
         self.config = cfg = config
         self.dist = init_distributed(cfg.train.device)
-        self.runtime = pick_runtime(device_for(self.dist, cfg.train.device), cfg.train.precision, cfg.train.threads)
+        self.runtime = pick_runtime(device_for(self.dist, cfg.train.device), cfg.train.precision, cfg.train.threads,
+                                    cfg.train.deterministic)
         torch.manual_seed(cfg.train.seed)
         train, val = load_splits(cfg)
         chars = cfg.data.toy.alphabet if cfg.data.path is None else sorted({c for u in train for c in u.text})
@@ -315,7 +316,7 @@ class LASTrainer(RewindOnNonFinite):
     def fit(self, max_minutes: float | None = None) -> dict:
         minutes = max_minutes or self.config.train.max_minutes
         self._deadline = time.time() + 60 * minutes if minutes else math.inf
-        with StopFlag() as self._flag:
+        with StopFlag() as self._flag, deterministic_mode(self.config.train.deterministic):
             while self.epoch < self.config.train.epochs and not self.stopped:
                 try:
                     loss = self.train_epoch()

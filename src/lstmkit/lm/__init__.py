@@ -5,7 +5,8 @@ from .evaluate import draw_contexts, fixed_context_nll, generation_nll, stream_l
 from .generate import TestLanguageModel, generate
 from .model import AWDLSTM, AWDLSTMConfig
 from .optim import NTASGD, should_switch_to_asgd
-from .trainer import LanguageModelDataLoader, LanguageModelTrainer, load_model
+from .load import load_model
+from .trainer import LanguageModelDataLoader, LanguageModelTrainer
 
 __all__ = ["AWDLSTM", "AWDLSTMConfig", "BPTTIterator", "Corpus", "DataConfig", "LMConfig", "LanguageModelDataLoader",
            "LanguageModelTrainer", "NTASGD", "OptimConfig", "TestLanguageModel", "TrainConfig", "Vocabulary", "batchify",

@@ -106,7 +106,6 @@ def time_training(trainer, warmup: int = 2, max_steps: int = 20, max_seconds: fl
             plot_curves(Path(tmp) / "loss.png", {"train": ([0, 1], [1.0, 0.5]), "dev": ([1], [0.7])}, xlabel="step")
         extra_s = time.perf_counter() - t
     finally:
-        del model, opt
         set_rng_state(saved)
         if dev.type == "cuda":
             torch.cuda.empty_cache()

@@ -60,6 +60,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16")})
     threads: int = field(default=0, metadata={"min": 0})
+    deterministic: bool = False        # GPU: deterministic kernels, so runs and resumes repeat bit for bit (slower)
     runs_dir: str = "runs"
     log_every: int = field(default=100, metadata=POS)
     checkpoint_every: int = field(default=0, metadata={"min": 0})  # steps; 0 = at each validation only

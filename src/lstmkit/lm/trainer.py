@@ -16,13 +16,12 @@ import torch
 
 from ..config import dumps_toml, load_toml, to_dict
 from ..core.checkpoint import check_state, require_resumable, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
-from ..core.device import Runtime, pick_runtime
+from ..core.device import Runtime, deterministic_mode, pick_runtime
 from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, gather_rows, init_distributed, wrap
 from ..core.plots import plot_curves
 from ..core.progress import Progress
 from ..core.runs import RunFolder
 from ..core.train import Rewind, RewindOnNonFinite, StepResult, StopFlag, device_step
-from ..errors import InputError
 from .config import LMConfig
 from .data import LanguageModelDataLoader, Vocabulary, load_corpus
 from .evaluate import draw_contexts, nll_of_scores, perplexity, stream_loss
@@ -53,7 +52,8 @@ class LanguageModelTrainer(RewindOnNonFinite):
         self.vocab = loader.corpus.vocab
         model.vocab = self.vocab
         self.dist = init_distributed(cfg.train.device)
-        self.runtime = runtime or pick_runtime(device_for(self.dist, cfg.train.device), cfg.train.precision, cfg.train.threads)
+        self.runtime = runtime or pick_runtime(device_for(self.dist, cfg.train.device), cfg.train.precision, cfg.train.threads,
+                                                cfg.train.deterministic)
         model.to(self.runtime.device)
         if self.dist.enabled and loader.iterator.rows.size(0) * self.dist.world != loader.batch_size:
             raise ValueError("distributed training: build the loader with rows=dist.rows(batch_size) "
@@ -330,7 +330,10 @@ class LanguageModelTrainer(RewindOnNonFinite):
     def fit(self, max_minutes: float | None = None) -> dict:
         """Train up to ``max_epochs`` (or ``max_minutes`` of wall time), validating each epoch; then
         evaluate the best checkpoint on the test split. Ctrl-C stops cleanly after a checkpoint."""
-        minutes = max_minutes or self.config.train.max_minutes
+        with deterministic_mode(self.config.train.deterministic):
+            return self._fit(max_minutes or self.config.train.max_minutes)
+
+    def _fit(self, minutes: float | None) -> dict:
         if self.config.train.fit_epochs:       # before the clock starts: time the config, fit the schedule
             from .budget import fit_epochs
             fit_epochs(self, minutes)
@@ -388,16 +391,3 @@ class LanguageModelTrainer(RewindOnNonFinite):
         print(f"best model (step {st['step']}): dev ppl {res['val_ppl']:.2f} | test ppl {res['test_ppl']:.2f}")
         return res
 
-
-def load_model(run_dir: str | Path, which: str = "best") -> AWDLSTM:
-    """Model of a run folder with its vocabulary attached (``model.vocab``), on CPU, eval mode."""
-    run = RunFolder.open(run_dir, "lm")
-    config = load_toml(LMConfig, run.path / "config.toml")
-    model = AWDLSTM(config.model)
-    weights, _, _ = load_checkpoint(run.checkpoint_dir, which)
-    load_module_weights(model, weights, str(run.checkpoint_dir / f"{which}.json"))
-    model.vocab = Vocabulary.load(run.path / "vocab.txt", unit=config.data.unit)
-    if len(model.vocab) != config.model.vocab_size:
-        raise InputError(str(run.path / "vocab.txt"), f"{len(model.vocab)} words",
-                         f"{config.model.vocab_size} words as in config.toml/checkpoint")
-    return model.eval()
