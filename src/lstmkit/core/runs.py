@@ -4,6 +4,7 @@ Everything a run writes goes into its folder, nowhere else.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -13,6 +14,11 @@ from typing import Any
 
 from ..errors import InputError, plain_name
 from .checkpoint import atomic_write_text
+
+try:
+    import fcntl
+except ImportError:          # not on Windows: no lock there
+    fcntl = None
 
 MARKER = "config.toml"
 
@@ -88,6 +94,34 @@ class RunFolder:
         if not isinstance(model, dict):
             return None
         return "las" if "listener_hidden" in model else "lm" if "hidden_size" in model else None
+
+    @contextlib.contextmanager
+    def in_use(self):
+        """Hold the run for this process while it trains: a second training process on the same
+        folder (a ``--resume`` in another terminal while the first still runs) stops with one error
+        before it writes anything, instead of both writing checkpoints and metrics. The lock
+        (``flock`` on ``.lock``, never followed through a link) ends with the process, kill -9 too."""
+        if self.readonly or fcntl is None:
+            yield
+            return
+        where = self.path / ".lock"
+        try:
+            fd = os.open(where, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise InputError(str(where), f"cannot be opened ({e.strerror})", "a plain lock file the run may write") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            who = os.read(fd, 20).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise InputError(str(self.path), "in use by another training process" + (f" (pid {who})" if who.isdigit() else ""),
+                             "one process per run folder: let it finish or stop it (Ctrl-C) before --resume") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            yield
+        finally:
+            os.close(fd)          # releases the lock
 
     def file(self, name: str) -> Path:
         """Path of an artifact inside the run (parent folders created)."""

@@ -316,7 +316,7 @@ class LASTrainer(RewindOnNonFinite):
     def fit(self, max_minutes: float | None = None) -> dict:
         minutes = max_minutes or self.config.train.max_minutes
         self._deadline = time.time() + 60 * minutes if minutes else math.inf
-        with StopFlag() as self._flag, deterministic_mode(self.config.train.deterministic):
+        with self.run.in_use(), StopFlag() as self._flag, deterministic_mode(self.config.train.deterministic):
             while self.epoch < self.config.train.epochs and not self.stopped:
                 try:
                     loss = self.train_epoch()

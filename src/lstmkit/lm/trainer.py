@@ -330,7 +330,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
     def fit(self, max_minutes: float | None = None) -> dict:
         """Train up to ``max_epochs`` (or ``max_minutes`` of wall time), validating each epoch; then
         evaluate the best checkpoint on the test split. Ctrl-C stops cleanly after a checkpoint."""
-        with deterministic_mode(self.config.train.deterministic):
+        with self.run.in_use(), deterministic_mode(self.config.train.deterministic):
             return self._fit(max_minutes or self.config.train.max_minutes)
 
     def _fit(self, minutes: float | None) -> dict:
