@@ -77,7 +77,7 @@ def time_training(trainer, warmup: int = 2, max_steps: int = 20, max_seconds: fl
         return device_step(loss, opt, model.parameters(), o.clip, rt)
 
     try:
-        for i in range(warmup):                  # first calls: allocations, kernel choice (cuDNN plans)
+        for i in range(max(1, warmup)):          # first calls: allocations, kernel choice (cuDNN plans)
             t = time.perf_counter()
             step(i)
             _sync(dev)
@@ -85,7 +85,7 @@ def time_training(trainer, warmup: int = 2, max_steps: int = 20, max_seconds: fl
         n = max(2, min(max_steps, int(max_seconds / 2 / max(first, 1e-6))))
         t = time.perf_counter()
         for i in range(n):
-            step(warmup + i)
+            step(max(1, warmup) + i)
         _sync(dev)
         step_s = (time.perf_counter() - t) / n
         model.eval()
@@ -116,7 +116,8 @@ def fit_epochs(trainer, minutes: float) -> int:
     """Time this config (:func:`time_training`), set ``train.epochs`` (and ``trainer.max_epochs``) to
     the epochs that fit in ``minutes`` (never more than the configured ``train.epochs``), record it
     in the run's ``config.toml`` (with ``fit_epochs = false``, so a resume keeps it) and in
-    ``metrics.jsonl``. Under torchrun the ranks average their timings and agree on one number."""
+    ``metrics.jsonl``. Under torchrun the ranks average their timings (taken without the gradient
+    all-reduce, which the 3% margin has to cover) and agree on one number."""
     from ..config import dumps_toml, to_dict
     from ..core.distributed import all_sum
     from ..errors import InputError
