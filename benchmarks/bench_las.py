@@ -65,18 +65,25 @@ def main():
     fp32 = pick_runtime(str(tr.runtime.device), "fp32")
     plain.to(fp32.device)
 
+    def sync():       # CUDA runs asynchronously: wait for the queued work before reading the clock
+        if tr.runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+
     def train_rate(model, opt, runtime, batches):
         model.train()
         n = 0
+        sync()
         t = time.perf_counter()
         for idx in batches:
             x, lens, inp, tgt = tr._batch(tr.train_set, idx)
             train_step(lambda: sequence_loss(model(x, lens, inp)[0], tgt), opt, model.parameters(), 1.0, runtime)
             n += len(idx)
+        sync()
         return n / (time.perf_counter() - t)
 
     def decode_rate(model, runtime, batch_size):
         n = 0
+        sync()
         t = time.perf_counter()
         with runtime.autocast():
             for i in range(0, len(tr.val_set), batch_size):
@@ -84,6 +91,7 @@ def main():
                 x, lens, _, _ = tr._batch(tr.val_set, idx)
                 greedy_decode(model, x, lens, tr.vocab.sos, tr.vocab.eos)
                 n += len(idx)
+        sync()
         return n / (time.perf_counter() - t)
 
     train_rate(tr.model, tr.opt, tr.runtime, bucketed[:1])          # warm-up

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 18 for the `device` tool (one H200; 15 minutes of device time a session,
 # start-up included), in stages that each fit one call and leave time for the next:
-#   quick   (~4 min) env, CUDA-parametrized tests, LM training tokens/s against the 2017 reference
-#           and fastai (bench_lm_train.py on configs/wt2.toml), LAS toy for 60 s under bf16 (default)
+#   quick   (~4.5 min) env, CUDA-parametrized tests, LM training tokens/s against the 2017 reference
+#           and fastai (bench_lm_train.py on configs/wt2.toml), LAS utterances/s (bench_las.py), LAS toy
+#           for 60 s under bf16 (default)
 #   recipe  (~7.5 min) configs/wt2-gpu.toml: 6.5 minutes of training with the schedule fitted to the
 #           budget, final dev/test evaluation; perplexity against seconds
 #   las-fp32 (~1.5 min) the LAS toy minute again in fp32, for comparison
@@ -63,6 +64,8 @@ for stage in $STAGES; do
       say "## tests: $(tail -n 1 "$LOGS/tests.txt")"
       timeout 150 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 > "$LOGS/bench_lm.txt" 2>&1
       say "## bench_lm_train.py --config $BENCH_CONFIG --steps 10 (rc $?)"; grep -E '^[|#]' "$LOGS/bench_lm.txt" >> "$SUMMARY"
+      timeout 90 python3 benchmarks/bench_las.py --batches 10 > "$LOGS/bench_las.txt" 2>&1
+      say "## bench_las.py --batches 10 (rc $?)"; grep -v '^\s*$' "$LOGS/bench_las.txt" | tail -n 5 >> "$SUMMARY"
       timeout 100 python3 -m lstmkit las train --config "$LAS" --max-minutes 1 --run-id toy-auto --runs-dir "$RUNS" \
         > "$LOGS/las_auto.txt" 2>&1
       say "## LAS toy, 1 minute, precision auto (bf16 on CUDA) (rc $?)"; curve "$RUNS/toy-auto" >> "$SUMMARY" 2>&1 ;;
