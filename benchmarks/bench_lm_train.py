@@ -170,6 +170,21 @@ def bench_lstmkit(c, rt, x, y, steps, sync):
         lambda: model.loss(model.features(x)[0], y)
 
 
+def bench_lstmkit_compiled(c, rt, x, y, steps, sync):
+    """As :func:`bench_lstmkit` with the loss compiled by ``torch.compile``: dynamo breaks the graph
+    at each LSTM (cuDNN/oneDNN runs those as before) and fuses what lies between them (embedding
+    dropout, locked dropout, decoder loss, AR/TAR). Compilation happens in the warm-up step."""
+    model = AWDLSTM(c).to(rt.device).train()
+    opt = NTASGD(model.parameters(), lr=1.0)
+
+    @torch.compile
+    def objective(x, y):
+        d_, raw, _ = model.features(x)
+        return model.loss(d_, y) + activation_regularization(d_, 2) + temporal_activation_regularization(raw, 1)
+    return model, lambda: device_step(lambda: objective(x, y), opt, model.parameters(), 0.25, rt), \
+        lambda: model.loss(model.features(x)[0], y)
+
+
 def bench_reference(c, rt, x, y, steps, sync):
     ref = Reference2017(type(c)(**{**c.__dict__, "softmax": "full"})).to(rt.device).train()
     opt = torch.optim.SGD(ref.parameters(), lr=1.0)
@@ -218,7 +233,8 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. model.loss_chunk=0")
     ap.add_argument("--skip-fastai", action="store_true")
-    ap.add_argument("--only", default="", help="comma list of rows to run: lstmkit,fp32,reference,fastai,fastai-bf16")
+    ap.add_argument("--compile", action="store_true", help="add a row with the loss under torch.compile")
+    ap.add_argument("--only", default="", help="comma list of rows to run: lstmkit,compile,fp32,reference,fastai,fastai-bf16")
     args = ap.parse_args()
     over: dict = {}
     for kv in args.set:
@@ -240,6 +256,8 @@ def main():
             ("reference", "reference 2017 approach (fp32, full softmax)", bench_reference, fp32),
             ("fastai", "fastai 2.8.12 AWD_LSTM (fp32, full softmax)", bench_fastai, fp32),
             ("fastai-bf16", "fastai 2.8.12 AWD_LSTM (bf16 autocast)", bench_fastai, bf16)]
+    if args.compile:
+        rows.insert(1, ("compile", f"lstmkit + torch.compile ({c.softmax} softmax, {prec})", bench_lstmkit_compiled, rt))
     if args.only:
         rows = [r for r in rows if r[0] in args.only.split(",") or r[0] == "reference"]
     if rt.amp_dtype is None:
@@ -267,7 +285,7 @@ def main():
         with torch.no_grad(), runtime.autocast():
             ev = timed(evaluate, n * t, 2 * args.steps, sync=sync)
         # the FLOPs each row computes; for an adaptive softmax only its head is counted (a lower bound)
-        fl = flops_per_token(c, adaptive_rows if key in ("lstmkit", "fp32") else None)
+        fl = flops_per_token(c, adaptive_rows if key in ("lstmkit", "fp32", "compile") else None)
         results.append((name, train, ev, fl, runtime.amp_dtype, mem.mib))
         del model, step, evaluate
     for dt in peaks:   # measured again after the runs (clocks may have changed): keep the higher

@@ -7,6 +7,7 @@
 #   recipe  (~7.5 min) configs/wt2-gpu.toml: 6.5 minutes of training with the schedule fitted to the
 #           budget, final dev/test evaluation; perplexity against seconds
 #   las-fp32 (~1.5 min) the LAS toy minute again in fp32, for comparison
+#   compile (~2.5 min) bench_lm_train.py's default row against the same step under torch.compile
 #   testtime (~3 min) cache and dynamic evaluation of the recipe's run on the test split (needs the
 #           run folder, so only in the same call as `recipe`: `bash ... recipe testtime`)
 # Prepare the wheels here first (bash benchmarks/gpu_wheels.sh), then, e.g.:
@@ -73,13 +74,17 @@ for stage in $STAGES; do
       timeout 100 python3 -m lstmkit las train --config "$LAS" --max-minutes 1 --run-id toy-fp32 --runs-dir "$RUNS" \
         --set 'train.precision="fp32"' > "$LOGS/las_fp32.txt" 2>&1
       say "## LAS toy, 1 minute, fp32 (rc $?)"; curve "$RUNS/toy-fp32" >> "$SUMMARY" 2>&1 ;;
+    compile)
+      timeout 240 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 --compile --only lstmkit,compile \
+        > "$LOGS/bench_compile.txt" 2>&1
+      say "## bench_lm_train.py --compile --only lstmkit,compile (rc $?)"; grep -E '^[|#]' "$LOGS/bench_compile.txt" >> "$SUMMARY" ;;
     recipe)
       timeout 520 python3 -m lstmkit lm train --config "$RECIPE" --run-id wt2-gpu --runs-dir "$RUNS" > "$LOGS/recipe.txt" 2>&1
       say "## lm train --config $RECIPE (rc $?)"; curve "$RUNS/wt2-gpu" >> "$SUMMARY" 2>&1 ;;
     testtime)
       timeout 240 python3 -m lstmkit lm eval "$RUNS/wt2-gpu" --split test --cache --dynamic-eval > "$LOGS/testtime.txt" 2>&1
       say "## lm eval wt2-gpu --split test --cache --dynamic-eval (rc $?)"; tail -n 15 "$LOGS/testtime.txt" >> "$SUMMARY" ;;
-    *) say "unknown stage $stage (quick, recipe, las-fp32, testtime)" ;;
+    *) say "unknown stage $stage (quick, recipe, las-fp32, compile, testtime)" ;;
   esac
   say "# stage $stage: $(( $(date +%s) - s0 )) s"
 done
