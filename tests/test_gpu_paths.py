@@ -220,3 +220,26 @@ def test_device_step_refuses_an_optimizer_that_cannot_skip_on_the_device():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)                                # not fused
     with pytest.raises(ValueError, match="fused"):
         device_step(loss_fn, opt, model.parameters(), 0.5, Runtime(torch.device("cpu"), None))
+
+
+def test_forced_bf16_on_a_cpu_whose_lstm_kernel_lacks_it_is_one_clear_error():
+    """On CPUs without AVX-512/AMX, oneDNN cannot build a bf16 LSTM: ``precision = "bf16"`` used to
+    crash at the first forward with oneDNN's message; now it is refused up front, and "auto" never
+    picks it there. Where the kernel has bf16, the probe says so and the LSTM runs."""
+    from lstmkit.core.device import cpu_bf16_lstm_works, pick_runtime
+    from lstmkit.errors import InputError
+    works = cpu_bf16_lstm_works()
+    lstm = nn.LSTM(4, 4)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(2, 3, 4))
+        ran = True
+    except RuntimeError:
+        ran = False
+    assert works == ran                                     # the probe tells the truth
+    if works:
+        assert pick_runtime("cpu", "bf16").amp_dtype == torch.bfloat16
+    else:
+        with pytest.raises(InputError, match=r"--precision: 'bf16', but this CPU's LSTM kernel"):
+            pick_runtime("cpu", "bf16", where="--precision")
+        assert pick_runtime("cpu", "auto").amp_dtype is None

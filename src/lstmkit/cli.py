@@ -75,7 +75,7 @@ def lm_eval(args) -> int:
     corpus = load_corpus(cfg.data, vocab=model.vocab if cfg.data.format != "npy" else None)
     stream = corpus.split(args.split)
     bs = args.batch_size or (cfg.data.test_batch_size if args.split == "test" else cfg.data.eval_batch_size)
-    rt = pick_runtime(args.device, args.precision)
+    rt = pick_runtime(args.device, args.precision, where="--precision")
     model.to(rt.device)
     out: dict = {"split": args.split, "batch_size": bs}
     cache = None

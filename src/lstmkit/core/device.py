@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 
@@ -15,6 +16,20 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_lstm_works() -> bool:
+    """Whether this CPU's LSTM kernel (oneDNN) runs under bf16 autocast: on CPUs without bf16 or
+    AVX-512 units it cannot build its bf16 primitive and fails at the first forward. Probed once
+    with a one-step LSTM (a few microseconds)."""
+    lstm = torch.nn.LSTM(4, 4)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 1, 4))
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -31,13 +46,14 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-def pick_runtime(device: str = "auto", precision: str = "auto", threads: int = 0, deterministic: bool = False) -> Runtime:
+def pick_runtime(device: str = "auto", precision: str = "auto", threads: int = 0, deterministic: bool = False,
+                 where: str = "train.precision") -> Runtime:
     """Resolve ``device`` ('auto'|'cpu'|'cuda'|'cuda:1') and ``precision`` ('auto'|'fp32'|'bf16').
 
     'auto' precision uses bf16 autocast on CUDA with bf16 support and on CPUs with AMX/AVX512-BF16.
     ``threads`` > 0 sets torch's intra-op threads (0 keeps torch's default). ``deterministic``:
     ask cuBLAS for its reproducible workspace (it must be set before cuBLAS starts, so here, not
-    in :func:`deterministic_mode`).
+    in :func:`deterministic_mode`). ``where`` names the setting in errors (a config field or a flag).
     """
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -50,8 +66,12 @@ def pick_runtime(device: str = "auto", precision: str = "auto", threads: int = 0
     if threads > 0:
         torch.set_num_threads(threads)
     if precision == "auto":
-        fast = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_has_fast_bf16()
+        fast = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_has_fast_bf16() and cpu_bf16_lstm_works()
         precision = "bf16" if fast and not os.environ.get("LSTMKIT_FP32") else "fp32"
+    elif precision == "bf16" and dev.type == "cpu" and not cpu_bf16_lstm_works():
+        from ..errors import InputError
+        raise InputError(where, "'bf16', but this CPU's LSTM kernel (oneDNN) has no bf16 path (no "
+                         "AVX-512/AMX units)", "'auto' (fp32 here) or 'fp32'")
     return Runtime(dev, torch.bfloat16 if precision == "bf16" else None)
 
 
