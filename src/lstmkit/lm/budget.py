@@ -54,12 +54,13 @@ def time_training(trainer, warmup: int = 2, max_steps: int = 20, max_seconds: fl
     from .evaluate import stream_loss
     from .generate import TestLanguageModel
     from .model import detach_hidden
+    from .optim import build_optimizer
     from .trainer import _lm_objective
     cfg, rt = trainer.config, trainer.runtime
     dev, o, d = rt.device, cfg.optim, cfg.data
     saved = rng_state()
     model = copy.deepcopy(trainer.model).train()
-    opt = type(trainer.opt)(model.parameters(), o.lr, o.weight_decay, o.nonmono, enabled=o.optimizer != "sgd")
+    opt = build_optimizer(model.parameters(), o)
     rows = trainer.loader.iterator.rows
     bptt = min(d.bptt, rows.size(1) - 1)
     n_windows = max(1, (rows.size(1) - 1) // bptt)
@@ -90,12 +91,11 @@ def time_training(trainer, warmup: int = 2, max_steps: int = 20, max_seconds: fl
         step_s = (time.perf_counter() - t) / n
         model.eval()
         valid = trainer.loader.corpus.valid
-        rows_ = d.check_batch_size or d.eval_batch_size           # as the validations during training
-        part = valid[: min(len(valid), rows_ * (d.bptt * 8 + 1))]
-        stream_loss(model, part[: rows_ * (d.bptt + 1)], rows_, d.bptt, rt)   # warm-up
+        part = valid[: min(len(valid), d.check_rows * (d.bptt * 8 + 1))]   # as the validations during training
+        stream_loss(model, part[: d.check_rows * (d.bptt + 1)], d.check_rows, d.bptt, rt)   # warm-up
         _sync(dev)
         t = time.perf_counter()
-        stream_loss(model, part, rows_, d.bptt, rt)
+        stream_loss(model, part, d.check_rows, d.bptt, rt)
         _sync(dev)
         val_s = (time.perf_counter() - t) * len(valid) / max(len(part), 1)
         t = time.perf_counter()                 # each epoch's artifacts: scores, continuations, loss.png

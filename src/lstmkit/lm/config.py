@@ -34,6 +34,11 @@ class DataConfig:
     max_train_tokens: int = field(default=0, metadata={"min": 0})   # first N training tokens only (0 = all)
     max_eval_tokens: int = field(default=0, metadata={"min": 0})    # first N validation and test tokens (0 = all)
 
+    @property
+    def check_rows(self) -> int:
+        """Rows of the validations during training: ``check_batch_size``, or ``eval_batch_size`` when 0."""
+        return self.check_batch_size or self.eval_batch_size
+
 
 @dataclass
 class OptimConfig:

@@ -199,3 +199,9 @@ class AdamWWrapper(NTASGD):
         super().__init__(params, lr, weight_decay, nonmono, enabled)
         self.inner = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay, fused=_fusable(self.params))
 
+
+def build_optimizer(params, o) -> NTASGD:
+    """The optimizer ``o`` (an :class:`lstmkit.lm.config.OptimConfig`) asks for: NT-ASGD (the paper),
+    plain SGD (NT-ASGD with its averaging switch off), Adam or AdamW, each with the averaging switch."""
+    cls = {"adam": AdamWrapper, "adamw": AdamWWrapper}.get(o.optimizer, NTASGD)
+    return cls(params, o.lr, o.weight_decay, o.nonmono, enabled=o.optimizer != "sgd")

@@ -27,7 +27,7 @@ from .data import LanguageModelDataLoader, Vocabulary, load_corpus
 from .evaluate import draw_contexts, nll_of_scores, perplexity, stream_loss
 from .generate import TestLanguageModel
 from .model import AWDLSTM, detach_hidden
-from .optim import NTASGD, AdamWrapper, AdamWWrapper, activation_regularization, lr_multiplier, should_switch_to_asgd, temporal_activation_regularization
+from .optim import activation_regularization, build_optimizer, lr_multiplier, should_switch_to_asgd, temporal_activation_regularization
 
 
 def _lm_objective(model: AWDLSTM, x, y, hidden, alpha: float, beta: float):
@@ -66,8 +66,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
             self.run.write_text("config.toml", dumps_toml(to_dict(cfg)))
             self.vocab.save(self.run.file("vocab.txt"))
         o = cfg.optim
-        opt_cls = {"adam": AdamWrapper, "adamw": AdamWWrapper}.get(o.optimizer, NTASGD)
-        self.opt = opt_cls(model.parameters(), o.lr, o.weight_decay, o.nonmono, enabled=o.optimizer != "sgd")
+        self.opt = build_optimizer(model.parameters(), o)
         self.epoch, self.step, self.hidden = 0, 0, None
         self.epoch_windows = 0                  # windows trained in the running epoch
         self.epoch_loss = [0.0, 0]              # their summed cross-entropy and count (finite steps)
@@ -185,7 +184,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
         """Validation NLL with the (averaged) weights; NT-ASGD check; metrics, best/last checkpoint."""
         d = self.config.data
         with self.opt.averaged():
-            val = stream_loss(self.model, self.loader.corpus.valid, d.check_batch_size or d.eval_batch_size, d.bptt, self.runtime, self.dist)
+            val = stream_loss(self.model, self.loader.corpus.valid, d.check_rows, d.bptt, self.runtime, self.dist)
             if val < self.best_val:
                 self.best_val = val
                 if self.dist.main:
