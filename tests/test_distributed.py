@@ -74,3 +74,29 @@ def test_las_two_ranks_equal_one_process_and_resume_distributed(tmp_path):
     for a, b in zip(one, two):
         assert b["step_loss"] == pytest.approx(a["step_loss"], rel=1e-4)
     assert (runs / "two" / "attention_plots" / "attention_0.png").is_file()
+
+
+def test_cuda_training_joins_nccl_for_gradients_and_gloo_for_host_numbers(monkeypatch):
+    """nccl alone cannot all-reduce the CPU tensors of all_sum / any_rank: on CUDA the group must
+    also hold gloo (torch's "cpu:gloo,cuda:nccl"). Checked without GPUs by recording the call."""
+    import torch
+    import torch.distributed as tdist
+
+    from lstmkit.core import distributed
+
+    seen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    monkeypatch.setattr(tdist, "init_process_group", lambda backend: seen.append(backend))
+    monkeypatch.setattr(tdist, "get_rank", lambda: 1)
+    monkeypatch.setattr(tdist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: seen.append(("device", i)))
+    d = distributed.init_distributed("cuda")
+    assert (d.rank, d.world, d.local_rank) == (1, 2, 1)
+    assert seen == [("device", 1), "cpu:gloo,cuda:nccl"]
+    backends = {k.split(":")[0]: v for k, v in (part.split(":") for part in seen[1].split(","))}
+    assert backends == {"cpu": "gloo", "cuda": "nccl"}
+    seen.clear()
+    distributed.init_distributed("cpu")
+    assert seen == ["gloo"]

@@ -215,11 +215,63 @@ def test_a_nonfinite_device_step_changes_nothing(device, opt_cls):
     assert bool(res.ok) and opt.n_avg == 2
 
 
-def test_device_step_refuses_an_optimizer_that_cannot_skip_on_the_device():
-    model, loss_fn = tiny_problem("cpu")
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)                                # not fused
-    with pytest.raises(ValueError, match="fused"):
-        device_step(loss_fn, opt, model.parameters(), 0.5, Runtime(torch.device("cpu"), None))
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_step_with_an_unfused_optimizer_reads_ok_on_the_host_and_still_skips(device):
+    """An optimizer without fused kernels (another device's, or fused=False) cannot skip on the
+    device: device_step then reads ``ok`` on the host and equals train_step, skip included."""
+    rt = Runtime(torch.device(device), None)
+    runs = []
+    for fn in (train_step, device_step):
+        model, loss_fn = tiny_problem(device)
+        opt = torch.optim.Adam(model.parameters(), lr=0.1, fused=False)
+        fn(loss_fn, opt, model.parameters(), 0.5, rt)
+        before = [p.detach().clone() for p in model.parameters()]
+        fn(lambda: loss_fn() * float("inf"), opt, model.parameters(), 0.5, rt)          # skipped
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        assert all(int(st["step"]) == 1 for st in opt.state.values())
+        fn(loss_fn, opt, model.parameters(), 0.5, rt)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_ranks_agree_on_skipping_a_step_nonfinite_on_one_rank_only(tmp_path):
+    """Distributed training: a loss that is non-finite on one rank skips the step on every rank
+    (device_step(agree=True) takes the minimum of the ranks' ok), so the replicas stay equal."""
+    import subprocess
+    import sys
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    got = [(tmp_path / f"rank{k}.txt").read_text().split() for k in (0, 1)]
+    assert got[0] == got[1] == ["False", "True", "1.0"], got     # both skipped, then both stepped
+
+
+AGREE_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from torch import nn
+from lstmkit.core.device import Runtime
+from lstmkit.core.train import device_step
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = nn.Linear(3, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1, fused=True)
+before = model.weight.detach().clone()
+x = torch.ones(4, 3)
+def loss():                      # the loss of rank 1 alone is inf; its gradient stays finite (no backward through inf)
+    out = (model(x) ** 2).mean()
+    return out + (float("inf") if rank == 1 else 0.0)
+r1 = device_step(loss, opt, model.parameters(), 0.0, Runtime(torch.device("cpu"), None), agree=True)
+skipped = bool(torch.equal(before, model.weight))
+r2 = device_step(lambda: (model(x) ** 2).mean(), opt, model.parameters(), 0.0, Runtime(torch.device("cpu"), None), agree=True)
+moved = not torch.equal(before, model.weight)
+w = torch.tensor([float(model.weight.sum())]); ws = [torch.zeros(1), torch.zeros(1)]
+dist.all_gather(ws, w)
+open(f"{sys.argv[1]}/rank{rank}.txt", "w").write(f"{bool(r1.ok)} {bool(r2.ok)} {float(ws[0] == ws[1])}" if skipped and moved else "moved-on-inf")
+dist.destroy_process_group()
+"""
 
 
 def test_forced_bf16_on_a_cpu_whose_lstm_kernel_lacks_it_is_one_clear_error():
@@ -243,3 +295,57 @@ def test_forced_bf16_on_a_cpu_whose_lstm_kernel_lacks_it_is_one_clear_error():
         with pytest.raises(InputError, match=r"--precision: 'bf16', but this CPU's LSTM kernel"):
             pick_runtime("cpu", "bf16", where="--precision")
         assert pick_runtime("cpu", "auto").amp_dtype is None
+
+
+def test_to_device_copies_a_window_of_the_rows():
+    from lstmkit.core.device import to_device
+    rows = torch.arange(8 * 50).view(8, 50)
+    x = rows[:, 10:31]                                   # a BPTT window: a non-contiguous view
+    for dev in DEVICES:
+        y = to_device(x, dev)
+        assert y.device.type == dev and torch.equal(y.cpu(), x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_batch_reaches_the_gpu_without_a_host_sync():
+    """The trainers' batches go through to_device: a plain .to("cuda") copies and then waits for the
+    stream (every kernel of the previous step), which CUDA's sync debug mode reports."""
+    from lstmkit.core.device import to_device
+    rows = torch.arange(80 * 1000).view(80, 1000)
+    x = rows[:, 10:80]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = to_device(x, "cuda")
+        with pytest.raises(RuntimeError):
+            x.to("cuda")                                 # the form the trainers used: a sync
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(y.cpu(), x)
+
+
+def test_las_reads_its_losses_back_in_batches_with_the_same_numbers(tmp_path, monkeypatch):
+    """The LAS trainer keeps each step's loss on the device and reads them at sync points; every
+    validation's train loss and CE, and the weights, equal reading after every step."""
+    import json
+
+    import lstmkit.las.trainer as lt
+    from test_las import tiny_las_config
+    out, real = [], lt.read_steps
+    for every in (1, 7):
+        monkeypatch.setattr(lt, "SETTLE_EVERY", every)
+        reads = []
+        monkeypatch.setattr(lt, "read_steps", lambda p, d, reads=reads: reads.append(len(p)) or real(p, d))
+        cfg = tiny_las_config(tmp_path / f"runs{every}", epochs=2, threads=1, precision="fp32", n_plots=0,
+                              evals_per_epoch=2)
+        cfg.data.toy.n_train, cfg.data.toy.n_val = 320, 8
+        cfg.model.listener_hidden = cfg.model.speller_hidden = 16
+        t = lt.LASTrainer(cfg, run_id="r")
+        t.fit()
+        lines = (tmp_path / f"runs{every}" / "r" / "metrics.jsonl").read_text().splitlines()
+        valid = [(r["step"], r["train_loss"], r["train_ce"], r["val_loss"]) for r in map(json.loads, lines)
+                 if r["type"] == "valid"]
+        out.append((valid, [p.detach().clone() for p in t.model.parameters()], reads))
+    (v1, w1, r1), (v7, w7, r7) = out
+    assert len(v1) == 4 and v1 == v7
+    assert all(torch.equal(a, b) for a, b in zip(w1, w7))
+    assert sum(r1) == sum(r7) == 20 and max(r1) == 1 and max(r7) > 1    # every step read once, fewer reads

@@ -1,5 +1,6 @@
 """Multi-process training with PyTorch's own engine: ``torchrun`` starts the processes,
-``torch.distributed`` connects them (gloo on CPU, nccl on CUDA, picked automatically) and
+``torch.distributed`` connects them (gloo on CPU; on CUDA nccl for the gradients and gloo for
+host numbers, picked automatically) and
 ``DistributedDataParallel`` averages the gradients during the backward pass.
 
 Nothing here starts processes or reads a config: under ``torchrun`` the environment holds
@@ -50,10 +51,21 @@ class Dist:
         return slice(self.rank * k, (self.rank + 1) * k)
 
 
+def process_group_backend(cuda: bool) -> str:
+    """The ``init_process_group`` backend: gloo for CPU tensors, plus nccl for CUDA tensors when
+    training on GPUs. nccl alone cannot reduce CPU tensors, and the trainers agree on host numbers
+    (losses, counts, "stop now": :func:`all_sum`, :func:`any_rank`) with CPU tensors.
+
+    >>> process_group_backend(True), process_group_backend(False)
+    ('cpu:gloo,cuda:nccl', 'gloo')
+    """
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
 def init_distributed(device: str = "auto") -> Dist:
     """Join the process group that ``torchrun`` describes in the environment (once per process);
-    a single process without ``WORLD_SIZE`` gets ``Dist()``. Backend: nccl when training on CUDA,
-    gloo otherwise."""
+    a single process without ``WORLD_SIZE`` gets ``Dist()``. Backend: :func:`process_group_backend`
+    (nccl for the gradients when training on CUDA, gloo for the CPU numbers)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
@@ -62,7 +74,7 @@ def init_distributed(device: str = "auto") -> Dist:
         cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         if cuda:
             torch.cuda.set_device(local)
-        tdist.init_process_group("nccl" if cuda else "gloo")
+        tdist.init_process_group(process_group_backend(cuda))
     return Dist(tdist.get_rank(), tdist.get_world_size(), local)
 
 

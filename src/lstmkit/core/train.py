@@ -50,6 +50,14 @@ def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optim
     return StepResult(value, norm, False)
 
 
+def fusable(params: Iterable[torch.Tensor]) -> bool | None:
+    """``fused=`` for a ``torch.optim`` optimizer over ``params``: True where fused kernels exist
+    (floating-point CPU and CUDA tensors), None (torch's default) elsewhere."""
+    params = list(params)
+    ok = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return True if ok else None
+
+
 @dataclass
 class DeviceStep:
     """What :func:`device_step` leaves on the device: read it only when needed (one sync for many steps)."""
@@ -59,14 +67,17 @@ class DeviceStep:
 
 
 def device_step(loss_fn: Callable[[], torch.Tensor], optimizer, params: Iterable[torch.nn.Parameter], clip: float,
-                runtime: Runtime) -> DeviceStep:
+                runtime: Runtime, agree: bool = False) -> DeviceStep:
     """:func:`train_step` without a host synchronisation: the finiteness check stays on the device
     and decides there whether the update is applied, so a GPU never waits for the CPU inside a step.
 
     ``optimizer`` either has ``step_if(ok)`` (:class:`lstmkit.lm.optim.NTASGD`) or is a fused
     ``torch.optim`` optimizer, which skips the whole update (moments and step count included) when
     its ``found_inf`` is set - the mechanism ``GradScaler`` uses. Same result as :func:`train_step`:
-    a non-finite step changes nothing.
+    a non-finite step changes nothing. Any other optimizer (a device without fused kernels) is
+    stepped after reading ``ok`` on the host. ``agree`` (distributed training): the ranks take the
+    minimum of their ``ok`` on the device, so a loss that is non-finite on one rank only skips the
+    step on every rank and the replicas stay equal.
     """
     params = [p for p in params if p.requires_grad]
     optimizer.zero_grad(set_to_none=True)
@@ -75,17 +86,37 @@ def device_step(loss_fn: Callable[[], torch.Tensor], optimizer, params: Iterable
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
     ok = torch.isfinite(loss.detach()) & torch.isfinite(norm)
+    if agree and torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = ok.to(torch.float32)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        ok = flag > 0
     if hasattr(optimizer, "step_if"):
         optimizer.step_if(ok)
-    else:
-        if not all(g.get("fused") for g in optimizer.param_groups):
-            raise ValueError("device_step needs a fused torch.optim optimizer (fused=True) or one with step_if(ok)")
+    elif all(g.get("fused") for g in optimizer.param_groups):
         optimizer.grad_scale, optimizer.found_inf = None, (~ok).to(torch.float32)
         try:
             optimizer.step()
         finally:
             del optimizer.grad_scale, optimizer.found_inf
+    elif bool(ok):
+        optimizer.step()
     return DeviceStep(loss.detach(), norm.detach(), ok)
+
+
+def read_steps(pending: list[tuple[int, DeviceStep, torch.Tensor]], dist=None) -> list[tuple[int, float, float, bool, float]]:
+    """The steps :func:`device_step` left on the device, read in one transfer: ``pending`` holds
+    (step, result, extra scalar such as the cross-entropy part of the loss); returns (step, loss,
+    grad_norm, ok, extra) per step. Under torchrun (``dist`` enabled) loss and extra are the means
+    over the ranks, the global batch's numbers (``ok`` and the norm already agree)."""
+    if not pending:
+        return []
+    vals = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(), r.ok.float(), extra.detach().float()])
+                        for _, r, extra in pending]).cpu().double()
+    if dist is not None and dist.enabled:
+        from .distributed import all_sum
+        summed = torch.tensor(all_sum(vals[:, [0, 3]].reshape(-1).tolist(), dist), dtype=torch.float64).view(-1, 2)
+        vals[:, [0, 3]] = summed / dist.world
+    return [(step, loss, norm, bool(ok), extra) for (step, _, _), (loss, norm, ok, extra) in zip(pending, vals.tolist())]
 
 
 def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:

@@ -21,12 +21,13 @@ import torch
 from ..config import dumps_toml, load_toml, to_dict
 from ..core.checkpoint import (check_state, require_resumable, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state,
                                save_checkpoint, set_rng_state)
-from ..core.device import deterministic_mode, pick_runtime
-from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, init_distributed, wrap
+from ..core.device import deterministic_mode, pick_runtime, to_device
+from ..core.distributed import Objective, any_rank, barrier, device_for, init_distributed, wrap
 from ..core.plots import plot_attention, plot_curves, plot_features
 from ..core.progress import Progress
 from ..core.runs import RunFolder
-from ..core.train import Rewind, RewindOnNonFinite, StopFlag, train_step, weight_average
+from ..core.train import (Rewind, RewindOnNonFinite, StepResult, StopFlag, device_step, fusable, read_steps,
+                          weight_average)
 from ..errors import InputError
 from .config import LASRunConfig, learning_rate, teacher_forcing_rate
 from .data import CharVocabulary, SpeechDataset, Utterance, collate, length_buckets, read_split, speed_perturb
@@ -36,6 +37,8 @@ from .metrics import alignment_accuracy, cer, monotonic_focus, wer
 from .model import LAS, las_loss, sequence_loss
 from .toy import generate
 from .transcribe import FEATURES_FILE, load_feature_settings
+
+SETTLE_EVERY = 50    # training steps between reads of the losses from the device (progress bar, non-finite guard)
 
 
 def load_splits(cfg: LASRunConfig) -> tuple[list[Utterance], list[Utterance]]:
@@ -66,7 +69,9 @@ class LASTrainer(RewindOnNonFinite):
         self.val_set = SpeechDataset(val, self.vocab, f"{cfg.data.path or 'toy'}/{cfg.data.val_split}")
         self.model = LAS(cfg.model).to(self.runtime.device)
         self.model.decode_ctc_weight = cfg.decode_ctc_weight     # greedy_decode / beam_search default: as validation
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        params = list(self.model.parameters())
+        # fused: one kernel for the update, and a non-finite step is skipped on the device (device_step)
+        self.opt = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fusable(params))
         # optim.ema_decay > 0: validation, plots and the best checkpoint use averaged weights
         self.averaged = weight_average(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         self.objective = wrap(Objective(self.model, las_loss), self.dist, find_unused=True)
@@ -93,12 +98,13 @@ class LASTrainer(RewindOnNonFinite):
         self.stopped = False
         self.epoch_loss = [0.0, 0, 0.0]         # summed training loss, count, summed attention CE of the running epoch
         self.last_train_ce = float("nan")       # mean attention CE of the last finished (part of an) epoch
+        self._pending: list = []                # (step, DeviceStep, attention CE) not yet read from the device
 
     # ------------------------------------------------------------------------------ training
     def _batch(self, ds: SpeechDataset, idx):
         b = collate([ds[i] for i in idx], self.vocab, idx)
         dev = self.runtime.device
-        return b.features.to(dev), b.lengths.to(dev), b.inputs.to(dev), b.targets.to(dev)
+        return tuple(to_device(t, dev) for t in (b.features, b.lengths, b.inputs, b.targets))   # no host sync
 
     def train_epoch(self) -> float:
         cfg = self.config
@@ -131,24 +137,17 @@ class LASTrainer(RewindOnNonFinite):
             if d.specaug_time_masks or d.specaug_freq_masks:
                 x = spec_augment(x, lens, d.specaug_time_masks, d.specaug_time_width, d.specaug_freq_masks,
                                  d.specaug_freq_width)
-            res = train_step(lambda: self.objective(x, lens, inp, tgt, tf, None, self.vocab.pad, norm),
-                             self.opt, self.model.parameters(), cfg.optim.clip, self.runtime, sync=world > 1)
-            ce = float(getattr(self.model, "last_ce", float("nan")))
-            if world > 1:            # the global batch's loss, for logs and curves
-                res.loss, ce = (v / world for v in all_sum([res.loss, ce], self.dist))
+            res = device_step(lambda: self.objective(x, lens, inp, tgt, tf, None, self.vocab.pad, norm),
+                              self.opt, self.model.parameters(), cfg.optim.clip, self.runtime, agree=world > 1)
             self.step += 1
             self.batch_in_epoch = i + 1
-            if res.skipped:
-                self._on_nonfinite(res)
-            else:
-                self.nonfinite = 0
-                if self.averaged is not None:
-                    self.averaged.update_parameters(self.model)
-                self.epoch_loss = [self.epoch_loss[0] + res.loss, self.epoch_loss[1] + 1, self.epoch_loss[2] + ce]
+            self._pending.append((self.step, res, self.model.last_ce))   # read at the next sync point, not now
+            log = bool(cfg.train.log_every) and self.step % cfg.train.log_every == 0
+            due = bool(cfg.train.checkpoint_every) and self.step % cfg.train.checkpoint_every == 0
+            # the weight average follows the applied updates only, so it reads every step
+            if self.averaged is not None or log or due or i + 1 in evals or self.step % SETTLE_EVERY == 0:
+                self._settle(log)
             total, count = self.epoch_loss[:2]
-            if cfg.train.log_every and self.step % cfg.train.log_every == 0:
-                self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": self.step,
-                                      "step_loss": res.loss, "grad_norm": res.grad_norm})
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                 self.elapsed += time.time() - t0
                 t0 = time.time()
@@ -163,6 +162,7 @@ class LASTrainer(RewindOnNonFinite):
                 self.stopped = True
                 break
         bar.close()
+        self._settle()
         self.elapsed += time.time() - t0
         total, count = self.epoch_loss[:2]
         self.last_train_ce = self._mean_ce()
@@ -172,6 +172,25 @@ class LASTrainer(RewindOnNonFinite):
             self.epoch_rng_state = self.rng.bit_generator.state
             self.epoch_loss = [0.0, 0, 0.0]
         return total / max(count, 1)
+
+    def _settle(self, log: bool = False) -> None:
+        """Read the steps since the last sync point in one transfer: count the finite ones into the
+        epoch's loss sums (and the weight average), log and count the non-finite ones (a rewind
+        after ``train.max_nonfinite`` in a row is decided here, before any checkpoint is written);
+        ``log``: write the last step's record. Under torchrun the losses are the ranks' mean."""
+        rows, self._pending = read_steps(self._pending, self.dist), []
+        for step, loss, norm, ok, ce in rows:
+            if not ok:
+                self._on_nonfinite(StepResult(loss, norm, True), step)
+            else:
+                self.nonfinite = 0
+                if self.averaged is not None:
+                    self.averaged.update_parameters(self.model)
+                self.epoch_loss = [self.epoch_loss[0] + loss, self.epoch_loss[1] + 1, self.epoch_loss[2] + ce]
+        if log and rows:
+            step, loss, norm, _, _ = rows[-1]
+            self.run.log_metrics({"type": "train", "epoch": self.epoch + 1, "step": step, "step_loss": loss,
+                                  "grad_norm": norm})
 
     def _mean_ce(self) -> float:
         return self.epoch_loss[2] / self.epoch_loss[1] if self.epoch_loss[1] else float("nan")

@@ -15,6 +15,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ..core.train import fusable
+
 
 def activation_regularization(dropped: torch.Tensor, alpha: float) -> torch.Tensor:
     """AR: ``alpha * mean(m * h_t ** 2)`` on the last layer's *dropped* outputs (N, T, H)."""
@@ -46,12 +48,6 @@ def should_switch_to_asgd(val_losses: Sequence[float], nonmono: int) -> bool:
     return newest > min(earlier[:-nonmono])
 
 
-def _fusable(params: list[torch.Tensor]) -> bool | None:
-    """Fused kernels exist for floating-point CPU and CUDA tensors (None: torch's default)."""
-    ok = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return True if ok else None
-
-
 class NTASGD:
     """SGD with weight decay that starts iterate averaging when :func:`should_switch_to_asgd` fires.
 
@@ -63,7 +59,7 @@ class NTASGD:
                  nonmono: int = 5, enabled: bool = True):
         self.params = [p for p in params if p.requires_grad]
         # fused: the update can be skipped on the device (step_if), bit-identical to plain SGD
-        self.inner = torch.optim.SGD(self.params, lr=lr, weight_decay=weight_decay, fused=_fusable(self.params))
+        self.inner = torch.optim.SGD(self.params, lr=lr, weight_decay=weight_decay, fused=fusable(self.params))
         self.base_lr = lr
         self.nonmono = nonmono
         self.enabled = enabled
@@ -188,7 +184,7 @@ class AdamWrapper(NTASGD):
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, nonmono: int = 5, enabled: bool = True):
         super().__init__(params, lr, weight_decay, nonmono, enabled)
-        self.inner = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay, fused=_fusable(self.params))
+        self.inner = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay, fused=fusable(self.params))
 
 
 class AdamWWrapper(NTASGD):
@@ -197,7 +193,7 @@ class AdamWWrapper(NTASGD):
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, nonmono: int = 5, enabled: bool = True):
         super().__init__(params, lr, weight_decay, nonmono, enabled)
-        self.inner = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay, fused=_fusable(self.params))
+        self.inner = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay, fused=fusable(self.params))
 
 
 def build_optimizer(params, o) -> NTASGD:

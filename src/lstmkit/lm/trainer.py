@@ -16,12 +16,12 @@ import torch
 
 from ..config import dumps_toml, load_toml, to_dict
 from ..core.checkpoint import check_state, require_resumable, has_checkpoint, load_checkpoint, load_module_weights, module_weights, rng_state, save_checkpoint, set_rng_state
-from ..core.device import Runtime, deterministic_mode, pick_runtime
-from ..core.distributed import Objective, all_sum, any_rank, barrier, device_for, gather_rows, init_distributed, wrap
+from ..core.device import Runtime, deterministic_mode, pick_runtime, to_device
+from ..core.distributed import Objective, any_rank, barrier, device_for, gather_rows, init_distributed, wrap
 from ..core.plots import plot_curves
 from ..core.progress import Progress
 from ..core.runs import RunFolder
-from ..core.train import Rewind, RewindOnNonFinite, StepResult, StopFlag, device_step
+from ..core.train import Rewind, RewindOnNonFinite, StepResult, StopFlag, device_step, read_steps
 from .config import LMConfig
 from .data import LanguageModelDataLoader, Vocabulary, load_corpus
 from .evaluate import draw_contexts, nll_of_scores, perplexity, stream_loss
@@ -104,14 +104,15 @@ class LanguageModelTrainer(RewindOnNonFinite):
         t0 = t_log = time.time()
         tokens = 0
         for x, y in it:
-            x, y = x.to(dev), y.to(dev)
+            x, y = to_device(x, dev), to_device(y, dev)     # no host sync (pinned, non-blocking)
             if self.hidden is None or self.hidden[0][0].size(1) != x.size(0):
                 self.hidden = self.model.init_hidden(x.size(0), dev)
             self.hidden = detach_hidden(self.hidden)
             o = cfg.optim
             sched = lr_multiplier(self.step + 1, cfg.train.epochs * len(it), o.warmup_steps, o.schedule, o.min_lr_ratio)
             self.opt.set_lr_scale(it.last_scale * o.lr_decay ** self.epoch * self.lr_factor * sched)
-            res = device_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime)
+            res = device_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime,
+                              agree=self.dist.enabled)
             self.step += 1
             self.epoch_windows += 1
             self._pending.append((self.step, res, self._last_ce))     # read at the next sync point, not now
@@ -156,17 +157,9 @@ class LanguageModelTrainer(RewindOnNonFinite):
         loss sums, log and count the non-finite ones (a rewind after ``train.max_nonfinite`` in a
         row is decided here, before any checkpoint is written). Returns the last step's (loss, grad
         norm, cross-entropy), the mean over ranks under torchrun."""
-        if not self._pending:
-            return None
-        steps = [s for s, _, _ in self._pending]
-        vals = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(), r.ok.float(), ce.float()])
-                            for _, r, ce in self._pending]).cpu().double()
-        self._pending = []
-        if self.dist.enabled:           # the global batch's loss: mean of the ranks' losses
-            summed = torch.tensor(all_sum(vals[:, [0, 3]].reshape(-1).tolist(), self.dist), dtype=torch.float64).view(-1, 2)
-            vals[:, [0, 3]] = summed / self.dist.world
+        rows, self._pending = read_steps(self._pending, self.dist), []
         last = None
-        for step, (loss, norm, ok, ce) in zip(steps, vals.tolist()):
+        for step, loss, norm, ok, ce in rows:
             if not ok:
                 self._on_nonfinite(StepResult(loss, norm, True), step)
             else:
