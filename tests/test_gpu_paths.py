@@ -2,6 +2,7 @@
 and on CUDA when present: flat weight buffer, loss-path choice."""
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -349,3 +350,68 @@ def test_las_reads_its_losses_back_in_batches_with_the_same_numbers(tmp_path, mo
     assert len(v1) == 4 and v1 == v7
     assert all(torch.equal(a, b) for a, b in zip(w1, w7))
     assert sum(r1) == sum(r7) == 20 and max(r1) == 1 and max(r7) > 1    # every step read once, fewer reads
+
+
+class Unguarded:
+    """Call ``fn`` with host reads allowed again (the trainers' sync points: reading the losses)."""
+
+    def __init__(self, guard: NoHostReads, device: str, fn):
+        self.guard, self.device, self.fn = guard, device, fn
+
+    def __call__(self, *a, **k):
+        self.guard.__exit__()
+        if self.device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+        try:
+            return self.fn(*a, **k)
+        finally:
+            if self.device == "cuda":
+                torch.cuda.set_sync_debug_mode("error")
+            self.guard.__enter__()
+
+
+def train_without_host_reads(trainer, device, run_epoch):
+    """Run one training epoch with every tensor -> Python read refused (and, on CUDA, every
+    synchronising call an error) except inside the trainer's read of the pending losses."""
+    guard = NoHostReads()
+    trainer._settle = Unguarded(guard, device, trainer._settle)
+    guard.__enter__()
+    if device == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        run_epoch()
+    finally:
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+        guard.__exit__()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lm_training_steps_read_nothing_back_between_sync_points(small_corpus, tmp_path, device):
+    """The whole LM step - batch to the device, dropout masks, WeightDrop, loss, AR/TAR, clipping,
+    the finiteness guard, NT-ASGD - runs without a host read; only the trainer's read of the
+    pending losses (at log points and the epoch's end) does one."""
+    from conftest import tiny_config
+    from lstmkit.lm import LanguageModelTrainer
+    cfg = tiny_config(small_corpus, tmp_path / "runs", log_every=1000, evals_per_epoch=1, device=device)
+    t = LanguageModelTrainer.from_config(cfg, run_id="r")
+    t.opt.start_averaging()                       # the averaging update runs inside the step too
+    train_without_host_reads(t, device, t.train)
+    assert t.step > 20 and t.epoch_loss[1] == 0 and math.isfinite(t.train_losses[-1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_las_training_steps_read_nothing_back_between_sync_points(tmp_path, monkeypatch, device):
+    """The LAS step likewise, without the CTC head (F.ctc_loss's CUDA kernel reads the lengths on
+    the host, documented in docs/gpu.md)."""
+    import lstmkit.las.trainer as lt
+    from test_las import tiny_las_config
+    monkeypatch.setattr(lt, "SETTLE_EVERY", 10 ** 6)
+    cfg = tiny_las_config(tmp_path / "runs", epochs=1, precision="fp32", n_plots=0, device=device)
+    cfg.data.toy.n_train, cfg.data.toy.n_val = 96, 8
+    cfg.model.listener_hidden = cfg.model.speller_hidden = 16
+    cfg.model.ctc_weight = 0.0
+    cfg.optim.tf_floor, cfg.optim.tf_start = 0.5, 0.5          # the sampling of own predictions too
+    t = lt.LASTrainer(cfg, run_id="r")
+    train_without_host_reads(t, device, t.train_epoch)
+    assert t.step == 3 and t.epoch == 1 and math.isfinite(t.last_train_ce)
