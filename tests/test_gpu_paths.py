@@ -402,8 +402,8 @@ def test_lm_training_steps_read_nothing_back_between_sync_points(small_corpus, t
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_las_training_steps_read_nothing_back_between_sync_points(tmp_path, monkeypatch, device):
-    """The LAS step likewise, without the CTC head (F.ctc_loss's CUDA kernel reads the lengths on
-    the host, documented in docs/gpu.md)."""
+    """The LAS step likewise, without the CTC head (PyTorch's CUDA ctc_loss copies its length
+    tables with blocking copies, documented in docs/gpu.md)."""
     import lstmkit.las.trainer as lt
     from test_las import tiny_las_config
     monkeypatch.setattr(lt, "SETTLE_EVERY", 10 ** 6)
