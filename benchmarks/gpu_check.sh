@@ -2,8 +2,8 @@
 # The GPU checks of issue 18 for the `device` tool (one H200; 15 minutes of device time a session,
 # start-up included), in stages that each fit one call and leave time for the next:
 #   quick   (~4.5 min) env, CUDA-parametrized tests, LM training tokens/s against the 2017 reference
-#           and fastai (bench_lm_train.py on configs/wt2.toml), LAS utterances/s (bench_las.py), LAS toy
-#           for 60 s under bf16 (default)
+#           and fastai (bench_lm_train.py on configs/wt2.toml), LAS utterances/s (bench_las.py), dynamic
+#           evaluation tokens/s (bench_dynamic_eval.py), LAS toy for 60 s under bf16 (default)
 #   recipe  (~7.5 min) configs/wt2-gpu.toml: 6.5 minutes of training with the schedule fitted to the
 #           budget, final dev/test evaluation; perplexity against seconds
 #   las-fp32 (~1.5 min) the LAS toy minute again in fp32, for comparison
@@ -19,7 +19,8 @@ OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 STAGES=${*:-quick}
 BENCH_CONFIG=${BENCH_CONFIG:-configs/wt2.toml}; RECIPE=${RECIPE:-wt2-gpu}; LAS=${LAS:-las-toy}   # smaller ones for a dry run on a CPU
 TAG=$(echo "$STAGES" | tr ' ' '-')
-LOGS=/tmp/gpu-logs; RUNS=/tmp/gpu-runs; mkdir -p "$LOGS" "$RUNS"
+LOGS=/tmp/gpu-logs; RUNS=/tmp/gpu-runs
+rm -rf "$LOGS" "$RUNS"; mkdir -p "$LOGS" "$RUNS"   # a rerun on a still-warm machine starts clean
 SUMMARY="$OUT/summary-$TAG.txt"
 export PYTHONUNBUFFERED=1 LSTMKIT_STATUS_SECONDS=30 LSTMKIT_TENSORBOARD=0
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -61,12 +62,15 @@ for stage in $STAGES; do
     quick)
       timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu_paths.py tests/test_las_precision.py \
         tests/test_deterministic.py "tests/test_budget.py::test_timing_leaves_weights_optimizer_data_position_and_random_state_untouched" \
+        "tests/test_test_time.py::test_test_time_methods_read_back_once_per_pass_not_per_segment" \
         > "$LOGS/tests.txt" 2>&1
       say "## tests: $(tail -n 1 "$LOGS/tests.txt")"
       timeout 150 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 > "$LOGS/bench_lm.txt" 2>&1
       say "## bench_lm_train.py --config $BENCH_CONFIG --steps 10 (rc $?)"; grep -E '^[|#]' "$LOGS/bench_lm.txt" >> "$SUMMARY"
       timeout 90 python3 benchmarks/bench_las.py --batches 10 > "$LOGS/bench_las.txt" 2>&1
       say "## bench_las.py --batches 10 (rc $?)"; grep -v '^\s*$' "$LOGS/bench_las.txt" | tail -n 5 >> "$SUMMARY"
+      timeout 90 python3 benchmarks/bench_dynamic_eval.py --config "$BENCH_CONFIG" --segments 300 > "$LOGS/bench_de.txt" 2>&1
+      say "## bench_dynamic_eval.py --segments 300 (rc $?)"; grep -E '^[|#]' "$LOGS/bench_de.txt" >> "$SUMMARY"
       timeout 100 python3 -m lstmkit las train --config "$LAS" --max-minutes 1 --run-id toy-auto --runs-dir "$RUNS" \
         > "$LOGS/las_auto.txt" 2>&1
       say "## LAS toy, 1 minute, precision auto (bf16 on CUDA) (rc $?)"; curve "$RUNS/toy-auto" >> "$SUMMARY" 2>&1 ;;

@@ -197,3 +197,51 @@ def test_dynamic_eval_settings_are_checked():
         with pytest.raises(InputError):
             DynamicEvalConfig(**bad).check()
     assert DynamicEvalConfig(bptt=7).stats_bptt == 7 and DynamicEvalConfig(bptt=7, grad_bptt=3).stats_bptt == 3
+
+
+class CountHostReads:
+    """Count tensor -> Python conversions (each one a host synchronisation on a GPU)."""
+
+    names = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+    def __enter__(self):
+        self.n, self.saved = 0, {n: getattr(torch.Tensor, n) for n in self.names}
+
+        def counting(name):
+            def f(t, *a, **k):
+                self.n += 1
+                return self.saved[name](t, *a, **k)
+            return f
+        for n in self.names:
+            setattr(torch.Tensor, n, counting(n))
+        return self
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, f)
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_test_time_methods_read_back_once_per_pass_not_per_segment(device):
+    """Dynamic evaluation (sgd and rms, with the cache) and the cache alone keep their sums on the
+    device: the number of host reads does not grow with the number of segments."""
+    from lstmkit.core.device import Runtime
+    from lstmkit.lm.dynamic_eval import dynamic_eval_losses
+    m = tiny_lm().to(device)
+    rt = Runtime(torch.device(device), None)
+    rms = gradient_rms(m, repetitive_stream(seed=1), n_batches=5, bptt=5, batch_size=2, runtime=rt)
+    runs = {
+        "sgd+cache": lambda s: dynamic_eval_losses(m, s, DynamicEvalConfig(method="sgd", lr=0.2, bptt=5), runtime=rt,
+                                                   cache=NeuralCache(50, 0.5, 0.2)),
+        "rms": lambda s: dynamic_eval_losses(m, s, DynamicEvalConfig(method="rms", lr=2e-3, bptt=5), rms, runtime=rt),
+        "cache": lambda s: cache_losses(m, s, 50, 0.5, 0.2, bptt=5, runtime=rt),
+        "stream": lambda s: stream_loss(m, s, 1, 5, rt),
+    }
+    s = repetitive_stream()
+    for name, fn in runs.items():
+        reads = []
+        for length in (len(s) // 4, len(s)):
+            with CountHostReads() as c:
+                fn(s[:length])
+            reads.append(c.n)
+        assert reads[0] == reads[1] <= 4, (name, reads)

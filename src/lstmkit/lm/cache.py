@@ -91,11 +91,14 @@ def cache_losses(model: AWDLSTM, stream: np.ndarray, window: int = 3785, theta: 
     """One pass over the stream -> ``{"loss": model alone, "cache_loss": model + cache}``, mean NLL
     per token (nats); perplexity = exp(value)."""
     cache = NeuralCache(window, theta, lam)
-    total, base, count = 0.0, 0.0, 0
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)   # sums on the device: no host sync per window
+    base, count = torch.zeros_like(total), 0
     for h, y, logp in stream_states(model, stream, batch_size, bptt, runtime):
-        total -= float(cache(h, y, logp).sum())
-        base -= float(logp.sum())
+        total.sub_(cache(h, y, logp).sum().double())
+        base.sub_(logp.sum().double())
         count += y.numel()
+    total, base = float(total), float(base)
     return {"loss": base / max(count, 1), "cache_loss": total / max(count, 1)}
 
 

@@ -128,34 +128,41 @@ def dynamic_eval_losses(model: AWDLSTM, stream: np.ndarray, cfg: DynamicEvalConf
         mean_rms = torch.stack([r.float().mean() for r in rms]).mean()     # mean over tensors of their means
         cap = 1.0 / cfg.decay if cfg.decay > 0 else math.inf
         rate = [cfg.decay * torch.clamp(r / mean_rms, max=cap) for r in rms]  # decay x decrate, <= 1
-    total, total_cache, count = 0.0, 0.0, 0
+    # the sums stay on the device (float64, the same additions as Python floats): a GPU is never
+    # made to wait for the host inside the segment loop; the progress bar reads them every 25 segments
+    total = torch.zeros((), dtype=torch.float64, device=params[0].device)
+    total_cache, count = torch.zeros_like(total), 0
     from ..core.progress import Progress
     bar = Progress(n_windows(stream, cfg.batch_size, cfg.bptt), progress, "segments", "tokens/s") if progress else None
     try:
-        for h, y in stream_windows(model, stream, cfg.batch_size, cfg.bptt, runtime):
+        for i, (h, y) in enumerate(stream_windows(model, stream, cfg.batch_size, cfg.bptt, runtime)):
             if bar is not None:
-                bar.update(1, y.numel(), **({"nll": round(total / count, 4)} if count else {}))
+                bar.update(1, y.numel(), **({"nll": round(float(total) / count, 4)} if count and i % 25 == 0 else {}))
             logp = model.target_logprob(h, y)
             loss = -logp.mean()
-            total -= float(logp.detach().sum())   # scored before the update: a fair next-token loss
+            total.sub_(logp.detach().sum().double())   # scored before the update: a fair next-token loss
             if cache is not None:
-                total_cache -= float(cache(h.detach().float(), y, logp.detach()).sum())
+                total_cache.sub_(cache(h.detach().float(), y, logp.detach()).sum().double())
             count += y.numel()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             with torch.no_grad():
-                for j, (p, g) in enumerate(zip(params, grads)):
-                    if g is None:
-                        continue
-                    if cfg.method == "rms":   # both terms from the same w, then one update
-                        p.add_(rate[j] * (w0[j] - p) - cfg.lr * g.float() * inv[j])
-                    else:
-                        p.add_(cfg.decay * (w0[j] - p) - cfg.lr * g.float())
+                live = [j for j, g in enumerate(grads) if g is not None]
+                ps, gs, ws = [params[j] for j in live], [grads[j].float() for j in live], [w0[j] for j in live]
+                # w <- w + decay (w0 - w) - lr g: both terms from the same w (g was taken there), as two
+                # multi-tensor kernels over all parameters (lerp, then the gradient step) instead of
+                # five elementwise passes per parameter
+                if cfg.method == "rms":   # decay x decrate per weight; the step divided by rms + eps
+                    torch._foreach_lerp_(ps, ws, [rate[j] for j in live])
+                    torch._foreach_addcmul_(ps, gs, [inv[j] for j in live], value=-cfg.lr)
+                else:
+                    torch._foreach_lerp_(ps, ws, cfg.decay)
+                    torch._foreach_add_(ps, gs, alpha=-cfg.lr)
     finally:
         with torch.no_grad():
             for p, w in zip(params, w0):
                 p.copy_(w)
         model.train(was)
-    out = {"dynamic": total / max(count, 1)}
+    out = {"dynamic": float(total) / max(count, 1)}
     if cache is not None:
-        out["dynamic_cache"] = total_cache / max(count, 1)
+        out["dynamic_cache"] = float(total_cache) / max(count, 1)
     return out
