@@ -10,6 +10,8 @@
 #   compile (~2.5 min) bench_lm_train.py's default row against the same step under torch.compile
 #   testtime (~3 min) cache and dynamic evaluation of the recipe's run on the test split (needs the
 #           run folder, so only in the same call as `recipe`: `bash ... recipe testtime`)
+#   suite   (<= 9 min) the whole test suite on the GPU machine (no install/notebook tests: no network
+#           there): every trainer-based test runs on CUDA, since train.device defaults to auto
 # Prepare the wheels here first (bash benchmarks/gpu_wheels.sh), then, e.g.:
 #   run(command="bash benchmarks/gpu_check.sh quick", carry=[".whl"], timeout_s=420)
 #   run(command="bash benchmarks/gpu_check.sh recipe", carry=[".whl"], timeout_s=560)
@@ -88,7 +90,12 @@ for stage in $STAGES; do
     testtime)
       timeout 240 python3 -m lstmkit lm eval "$RUNS/wt2-gpu" --split test --cache --dynamic-eval > "$LOGS/testtime.txt" 2>&1
       say "## lm eval wt2-gpu --split test --cache --dynamic-eval (rc $?)"; tail -n 15 "$LOGS/testtime.txt" >> "$SUMMARY" ;;
-    *) say "unknown stage $stage (quick, recipe, las-fp32, compile, testtime)" ;;
+    suite)
+      timeout 540 python3 -m pytest -q -p no:cacheprovider -o addopts="" --ignore=tests/test_install.py \
+        --ignore=tests/test_notebooks.py tests > "$LOGS/suite.txt" 2>&1
+      say "## the test suite on this machine: trainers take CUDA under device = auto (rc $?)"
+      grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$LOGS/suite.txt" | tail -n 40 >> "$SUMMARY" ;;
+    *) say "unknown stage $stage (quick, recipe, las-fp32, compile, testtime, suite)" ;;
   esac
   say "# stage $stage: $(( $(date +%s) - s0 )) s"
 done
