@@ -221,15 +221,17 @@ class LASTrainer(RewindOnNonFinite):
                 losses.append(float(sequence_loss(logits, tgt, v.pad)) * int((tgt != v.pad).sum()))
                 ids, fatt = greedy_decode(model, x, lens, v.sos, v.eos, max_ratio=1.0, listened=listened,
                                           ctc_weight=w_ctc)
+                # one transfer per batch, not four per utterance (each a host sync on a GPU)
+                ids, lens, fatt, att = ids.cpu(), lens.cpu(), fatt.float().cpu().numpy(), att.float().cpu().numpy()
                 for k, i in enumerate(idx):
                     u = ds.utts[i]
                     hyp = v.decode(ids[k].tolist())
                     refs.append(u.text)
                     hyps.append(hyp)
                     s = int(lens[k])
-                    free_atts.append(fatt[k, : len(hyp) + 1, :s].float().cpu().numpy())
+                    free_atts.append(fatt[k, : len(hyp) + 1, :s].copy())      # copies: the batch arrays can be large
                     if u.spans is not None:
-                        tf_atts.append(att[k, : len(u.text), :s].float().cpu().numpy())
+                        tf_atts.append(att[k, : len(u.text), :s].copy())
                         spans.append(u.spans)
         n_chars = sum(len(r) + 1 for r in refs)
         out = {"val_loss": sum(losses) / n_chars, "cer": cer(refs, hyps), "wer": wer(refs, hyps),
