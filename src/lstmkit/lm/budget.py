@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..core.checkpoint import rng_state, set_rng_state
+from ..core.device import to_device
 from ..core.train import device_step
 
 MARGIN = 0.03          # share of the budget kept free for what the timing does not see (plots, artifacts)
@@ -68,7 +69,7 @@ def time_training(trainer, warmup: int = 2, max_steps: int = 20, max_seconds: fl
 
     def step(i: int):
         s = (i % n_windows) * bptt
-        x, y = rows[:, s:s + bptt].contiguous().to(dev), rows[:, s + 1:s + 1 + bptt].contiguous().to(dev)
+        x, y = to_device(rows[:, s:s + bptt], dev), to_device(rows[:, s + 1:s + 1 + bptt], dev)   # as the trainer
         if hidden[0] is None:
             hidden[0] = model.init_hidden(x.size(0), dev)
 
