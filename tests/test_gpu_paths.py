@@ -416,3 +416,27 @@ def test_las_training_steps_read_nothing_back_between_sync_points(tmp_path, monk
     t = lt.LASTrainer(cfg, run_id="r")
     train_without_host_reads(t, device, t.train_epoch)
     assert t.step == 3 and t.epoch == 1 and math.isfinite(t.last_train_ce)
+
+
+@pytest.mark.parametrize("ctc", [0.0, 0.5])
+def test_greedy_decoding_that_checks_for_the_end_every_8_steps_gives_the_same_output(monkeypatch, ctc):
+    """On a GPU greedy decoding reads "all stopped" every 8 steps (lstmkit.las.decode.done_check_every)
+    and trims the steps it ran past the end: the same ids and attentions as checking every step."""
+    import lstmkit.las.decode as dec
+    from lstmkit.las.model import LAS, LASConfig
+    torch.manual_seed(0)
+    m = LAS(LASConfig(vocab_size=9, listener_hidden=16, key_size=8, embed_size=8, speller_hidden=16,
+                      ctc_weight=ctc)).eval()
+    x, lens = torch.randn(3, 30, 40), torch.tensor([30, 22, 17])
+    for eos_bias in (0.0, 8.0):            # runs to the length caps / stops within a few steps
+        with torch.no_grad():
+            m.speller.out.bias[2] = eos_bias
+        out = []
+        for every in (1, 8):
+            monkeypatch.setattr(dec, "done_check_every", lambda device, every=every: every)
+            with torch.no_grad():
+                out.append(dec.greedy_decode(m, x, lens, 1, 2, ctc_weight=ctc))
+        (i1, a1), (i8, a8) = out
+        assert torch.equal(i1, i8) and torch.equal(a1, a8), (eos_bias, i1.shape, i8.shape)
+        if eos_bias:                       # stopped before the longest cap (30), between two checks: trimmed
+            assert i1.size(1) < 30 and i1.size(1) % 8, i1.size(1)

@@ -34,7 +34,8 @@ def stop_at(trainer, step):
 @pytest.mark.slow
 def test_lm_stop_then_resume_at_any_step_equals_the_uninterrupted_run(small_corpus, tmp_path):
     # nonmono 1: NT-ASGD switches within the run, so its trigger history must resume exactly too
-    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=2, log_every=1, evals_per_epoch=6, threads=1)
+    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=2, log_every=1, evals_per_epoch=6, threads=1,
+                      deterministic=True)        # what exact resume needs on a GPU (docs/gpu.md); no change on a CPU
     cfg.optim.nonmono = 1
     full = LanguageModelTrainer.from_config(copy.deepcopy(cfg), run_id="full")
     res_full = full.fit()
@@ -67,7 +68,7 @@ def test_lm_budget_stop_before_any_validation_still_leaves_a_usable_run(small_co
 @pytest.mark.slow
 def test_las_stop_then_resume_equals_the_uninterrupted_run_and_keeps_training_mode(tmp_path):
     cfg = tiny_las_config(tmp_path / "runs", epochs=2, log_every=1, threads=1, precision="fp32", n_plots=1,
-                          evals_per_epoch=2)
+                          evals_per_epoch=2, deterministic=True)
     cfg.data.toy.n_train, cfg.data.toy.n_val = 320, 16
     cfg.model.dropout_p = 0.3                     # a validation that left eval mode on would change the losses
     cfg.optim.tf_floor, cfg.optim.tf_decay = 0.5, 0.5
