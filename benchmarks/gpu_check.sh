@@ -32,7 +32,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD/src
 fi
-say() { echo "$*" >> "$SUMMARY"; }
+pack() {   # the logs so far into $OUT: if the call is killed at its time limit, what ran still comes back
+  tar -czf "$OUT/logs-$TAG.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.npy' -C /tmp gpu-logs gpu-runs 2>/dev/null
+}
+say() { echo "$*" >> "$SUMMARY"; pack; }
 T0=$(date +%s)
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'python', platform.python_version())"
@@ -100,5 +103,5 @@ for stage in $STAGES; do
   say "# stage $stage: $(( $(date +%s) - s0 )) s"
 done
 say "# total $(( $(date +%s) - T0 )) s"
-tar -czf "$OUT/logs-$TAG.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.npy' -C /tmp gpu-logs gpu-runs
+pack
 cat "$SUMMARY"
