@@ -68,3 +68,33 @@ def snapshot(folder):
     """sha256 of every file under ``folder``: compare before and after to show nothing changed."""
     import hashlib
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class HostReads:
+    """Inside the block, count every tensor -> Python conversion (each one a host synchronisation
+    on a GPU) in ``n``; ``refuse=True`` makes each one raise instead."""
+
+    names = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+    def __init__(self, refuse: bool = False):
+        self.refuse, self.n = refuse, 0
+
+    def __enter__(self):
+        import torch
+        self.saved = {name: getattr(torch.Tensor, name) for name in self.names}
+
+        def wrapped(name):
+            def f(t, *a, **k):
+                if self.refuse:
+                    raise AssertionError("host read of a tensor inside the step")
+                self.n += 1
+                return self.saved[name](t, *a, **k)
+            return f
+        for name in self.names:
+            setattr(torch.Tensor, name, wrapped(name))
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+        for name, f in self.saved.items():
+            setattr(torch.Tensor, name, f)

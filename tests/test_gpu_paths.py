@@ -131,6 +131,7 @@ def test_loss_path_is_chosen_for_the_device_and_both_give_the_same_loss():
 
 
 # ---------------------------------------------------------------- the step without host synchronisation
+from conftest import HostReads  # noqa: E402
 from lstmkit.core.device import Runtime  # noqa: E402
 from lstmkit.core.train import device_step, train_step  # noqa: E402
 from lstmkit.lm.optim import NTASGD, AdamWrapper  # noqa: E402
@@ -143,22 +144,9 @@ def tiny_problem(device, seed=0):
     return model, (lambda: ((model(x) - y) ** 2).mean())
 
 
-class NoHostReads:
-    """Make every tensor -> Python conversion raise inside the block (what a host sync would need)."""
-
-    names = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
-
-    def __enter__(self):
-        self.saved = {n: getattr(torch.Tensor, n) for n in self.names}
-
-        def refuse(*a, **k):
-            raise AssertionError("host read of a tensor inside the step")
-        for n in self.names:
-            setattr(torch.Tensor, n, refuse)
-
-    def __exit__(self, *exc):
-        for n, f in self.saved.items():
-            setattr(torch.Tensor, n, f)
+def NoHostReads() -> HostReads:
+    """Every tensor -> Python conversion raises inside the block (what a host sync would need)."""
+    return HostReads(refuse=True)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -356,7 +344,7 @@ def test_las_reads_its_losses_back_in_batches_with_the_same_numbers(tmp_path, mo
 class Unguarded:
     """Call ``fn`` with host reads allowed again (the trainers' sync points: reading the losses)."""
 
-    def __init__(self, guard: NoHostReads, device: str, fn):
+    def __init__(self, guard: HostReads, device: str, fn):
         self.guard, self.device, self.fn = guard, device, fn
 
     def __call__(self, *a, **k):

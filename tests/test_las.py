@@ -392,8 +392,8 @@ def test_validation_every_k_epochs_with_joint_ctc_greedy(tmp_path):
     trainer.fit()
     assert [r["epoch"] for r in trainer.history] == [2, 4, 5]      # every 2nd epoch and the last
     assert all(np.isfinite(r["cer"]) for r in trainer.history)
-    from lstmkit.las.trainer import run_ctc_weight
-    assert run_ctc_weight(tmp_path / "every") == 0.5              # `las decode` decodes as the run validated
+    from lstmkit.las.trainer import load_las
+    assert load_las(tmp_path / "every")[0].decode_ctc_weight == 0.5   # `las decode` decodes as the run validated
 
 
 def test_weight_averaging_validates_and_keeps_the_averaged_weights_as_best(tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import HostReads
 from lstmkit.errors import InputError
 from lstmkit.lm.cache import NeuralCache, cache_grid, cache_loss, cache_losses, stream_states
 from lstmkit.lm.dynamic_eval import DynamicEvalConfig, dynamic_eval_loss, gradient_rms
@@ -199,28 +200,6 @@ def test_dynamic_eval_settings_are_checked():
     assert DynamicEvalConfig(bptt=7).stats_bptt == 7 and DynamicEvalConfig(bptt=7, grad_bptt=3).stats_bptt == 3
 
 
-class CountHostReads:
-    """Count tensor -> Python conversions (each one a host synchronisation on a GPU)."""
-
-    names = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
-
-    def __enter__(self):
-        self.n, self.saved = 0, {n: getattr(torch.Tensor, n) for n in self.names}
-
-        def counting(name):
-            def f(t, *a, **k):
-                self.n += 1
-                return self.saved[name](t, *a, **k)
-            return f
-        for n in self.names:
-            setattr(torch.Tensor, n, counting(n))
-        return self
-
-    def __exit__(self, *exc):
-        for n, f in self.saved.items():
-            setattr(torch.Tensor, n, f)
-
-
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 def test_test_time_methods_read_back_once_per_pass_not_per_segment(device):
     """Dynamic evaluation (sgd and rms, with the cache) and the cache alone keep their sums on the
@@ -241,7 +220,7 @@ def test_test_time_methods_read_back_once_per_pass_not_per_segment(device):
     for name, fn in runs.items():
         reads = []
         for length in (len(s) // 4, len(s)):
-            with CountHostReads() as c:
+            with HostReads() as c:
                 fn(s[:length])
             reads.append(c.n)
         assert reads[0] == reads[1] <= 4, (name, reads)

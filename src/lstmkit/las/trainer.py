@@ -148,7 +148,7 @@ class LASTrainer(RewindOnNonFinite):
             if self.averaged is not None or log or due or i + 1 in evals or self.step % SETTLE_EVERY == 0:
                 self._settle(log)
             total, count = self.epoch_loss[:2]
-            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+            if due:
                 self.elapsed += time.time() - t0
                 t0 = time.time()
                 self.save()
@@ -373,12 +373,6 @@ class LASTrainer(RewindOnNonFinite):
                             {"epoch": epoch, "step": self.step, "cer": m["cer"]})
         barrier(self.dist)
         return rec
-
-
-def run_ctc_weight(run_dir: str | Path) -> float:
-    """The joint CTC weight a run validated with (``train.val_ctc_weight``); 0 without a CTC head."""
-    cfg = load_toml(LASRunConfig, RunFolder.open(run_dir, "las").path / "config.toml")
-    return cfg.decode_ctc_weight
 
 
 def load_las(run_dir: str | Path, which: str = "best") -> tuple[LAS, CharVocabulary]:

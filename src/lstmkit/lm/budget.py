@@ -129,7 +129,7 @@ def fit_epochs(trainer, minutes: float) -> int:
                          "false: epochs are fitted once, when a run starts (its config.toml keeps the number)")
     t0 = time.time()
     m = time_training(trainer)
-    world = trainer.dist.world if trainer.dist.enabled else 1
+    world = trainer.dist.world
     step_s, val_s, extra_s = (v / world for v in all_sum([m["step_s"], m["val_s"], m["extra_s"]], trainer.dist))
     t = trainer.config.train
     cap = t.epochs
