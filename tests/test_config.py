@@ -42,3 +42,17 @@ def test_bad_toml_file(tmp_path):
     p.write_text("[model\n")
     with pytest.raises(InputError, match="bad.toml: not valid TOML"):
         load_toml(LMConfig, p)
+
+
+@pytest.mark.parametrize("literal", ["nan", "inf", "-inf", "+nan"])
+@pytest.mark.parametrize("family,table,key", [("lm", "optim", "lr"), ("lm", "optim", "clip"),
+                                              ("lm", "train", "max_minutes"), ("lm", "model", "dropout_p"),
+                                              ("las", "optim", "lr"), ("las", "train", "max_minutes")])
+def test_toml_nan_and_inf_literals_are_refused_naming_file_and_field(tmp_path, literal, family, table, key):
+    # TOML has nan/inf literals, and nan passes every "< min" / "> max" test: each float setting
+    # refuses them by itself (none means "no limit": that is a missing key)
+    from lstmkit.las import LASRunConfig
+    p = tmp_path / "c.toml"
+    p.write_text(f"[{table}]\n{key} = {literal}\n")
+    with pytest.raises(InputError, match=rf"c\.toml: field '{table}\.{key}': found .*; expected a finite number"):
+        load_toml(LASRunConfig if family == "las" else LMConfig, p)

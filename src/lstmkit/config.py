@@ -10,6 +10,7 @@ file and the field. Ranges come from each field's ``metadata``::
 from __future__ import annotations
 
 import dataclasses
+import math
 try:
     import tomllib
 except ModuleNotFoundError:      # Python 3.10: the same parser from PyPI (a dependency there)
@@ -36,6 +37,8 @@ def _check_value(value: Any, f: dataclasses.Field, hint: Any, where: str) -> Any
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(where, f"found {value!r}", "a number")
         value = float(value)
+        if not math.isfinite(value):        # TOML has nan and inf literals; no setting means either
+            raise InputError(where, f"found {value!r}", "a finite number")
     elif hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InputError(where, f"found {value!r}", "an integer")

@@ -53,6 +53,7 @@ class OptimConfig:
     schedule: str = field(default="constant", metadata={"choices": ("constant", "cosine")})  # over train.epochs
     warmup_steps: int = field(default=0, metadata={"min": 0})     # linear warm-up of the learning rate
     min_lr_ratio: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})  # cosine ends at lr x this
+    average_last: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})  # average the iterates of this last fraction of the schedule (0 = off)
 
 
 @dataclass

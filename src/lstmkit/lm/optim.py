@@ -179,6 +179,20 @@ def lr_multiplier(step: int, total: int, warmup: int = 0, schedule: str = "const
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def averaging_start(total: int, last: float) -> int:
+    """Steps after which schedule-based iterate averaging (``optim.average_last``) starts: the
+    iterates after the last ``round(last * total)`` of ``total`` scheduled steps are averaged,
+    whatever the non-monotone trigger says (tail averaging of a decaying schedule; Polyak and
+    Juditsky 1992, as SWA uses it, Izmailov et al. 2018). ``total`` is the schedule's estimate
+    (epochs x windows per epoch); with variable-length BPTT a run can take a few more steps,
+    which are averaged too. Callers skip this when ``last`` is 0 (off).
+
+    >>> averaging_start(100, 0.25), averaging_start(100, 0.3), averaging_start(10, 1.0)
+    (75, 70, 0)
+    """
+    return total - round(last * total)
+
+
 class AdamWrapper(NTASGD):
     """Adam instead of SGD, same averaging switch (not the paper's; handy for short CPU budgets)."""
 

@@ -27,7 +27,7 @@ from .data import LanguageModelDataLoader, Vocabulary, load_corpus
 from .evaluate import draw_contexts, nll_of_scores, perplexity, stream_loss
 from .generate import TestLanguageModel
 from .model import AWDLSTM, detach_hidden
-from .optim import activation_regularization, build_optimizer, lr_multiplier, should_switch_to_asgd, temporal_activation_regularization
+from .optim import activation_regularization, averaging_start, build_optimizer, lr_multiplier, should_switch_to_asgd, temporal_activation_regularization
 
 
 def _lm_objective(model: AWDLSTM, x, y, hidden, alpha: float, beta: float):
@@ -109,7 +109,12 @@ class LanguageModelTrainer(RewindOnNonFinite):
                 self.hidden = self.model.init_hidden(x.size(0), dev)
             self.hidden = detach_hidden(self.hidden)
             o = cfg.optim
-            sched = lr_multiplier(self.step + 1, cfg.train.epochs * len(it), o.warmup_steps, o.schedule, o.min_lr_ratio)
+            total = cfg.train.epochs * len(it)
+            if o.average_last and not self.opt.averaging and self.step >= averaging_start(total, o.average_last):
+                self.opt.start_averaging(self.epoch)         # the schedule's tail: average from here on
+                self.run.log_metrics({"type": "averaging", "epoch": self.epoch + 1, "step": self.step,
+                                      "reason": f"optim.average_last = {o.average_last}"})
+            sched = lr_multiplier(self.step + 1, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
             self.opt.set_lr_scale(it.last_scale * o.lr_decay ** self.epoch * self.lr_factor * sched)
             res = device_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime,
                               agree=self.dist.enabled)
