@@ -16,6 +16,7 @@ matches its lower-case transcripts).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,6 +254,27 @@ def bptt_length(rng: np.random.Generator, bptt: int, max_len: int, variable: boo
     return int(min(max(5, int(rng.normal(base, 5))), max_len))
 
 
+def mean_bptt_length(bptt: int, max_len: int, variable: bool = True) -> float:
+    """Expected value of :func:`bptt_length`, exactly (a sum over the integers the truncated
+    normal can give): about ``0.975 * bptt - 0.5`` for the paper's lengths, so an epoch has ~3%
+    more windows than ``tokens / bptt``.
+
+    >>> round(mean_bptt_length(70, 110), 2), mean_bptt_length(70, 110, variable=False)
+    (67.75, 70)
+    """
+    if not variable:
+        return min(bptt, max_len)
+
+    def mean(mu: float) -> float:       # E[min(max(5, trunc(X)), max_len)], X ~ N(mu, 5)
+        cdf = lambda x: 0.5 * (1.0 + math.erf((x - mu) / (5.0 * math.sqrt(2.0))))   # noqa: E731
+        total = 0.0
+        for k in range(int(mu) - 60, int(mu) + 61):  # trunc(X) = k: X in [k, k+1) for k > 0, (k-1, k] for k < 0
+            p = cdf(k + 1) - cdf(k) if k > 0 else cdf(k) - cdf(k - 1) if k < 0 else cdf(1) - cdf(-1)
+            total += p * min(max(5, k), max_len)
+        return total
+    return 0.95 * mean(float(bptt)) + 0.05 * mean(bptt / 2.0)
+
+
 class BPTTIterator:
     """Walk batchified rows (N, L) in windows of variable length, batch-first.
 
@@ -274,8 +296,9 @@ class BPTTIterator:
         self.last_scale = 1.0
 
     def __len__(self) -> int:
-        """Approximate number of windows per epoch."""
-        return max(1, (self.rows.size(1) - 1) // self.bptt)
+        """Expected number of windows per epoch (the lengths are random: a given epoch may have a
+        few more or fewer); learning-rate schedules, averaging and validation points count by it."""
+        return max(1, round((self.rows.size(1) - 1) / mean_bptt_length(self.bptt, self.max_len, self.variable)))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while self.pos < self.rows.size(1) - 1:
