@@ -51,6 +51,8 @@ for line in (run / "metrics.jsonl").read_text().splitlines():
     r = json.loads(line)
     if r["type"] == "fit_epochs":
         print(f"fit_epochs: {r['epochs']} epochs, {1000 * r['step_s']:.1f} ms per window, validation {r['val_s']:.2f} s")
+    elif r["type"] == "averaging":
+        print(f"  averaging the iterates from step {r['step']} ({r['reason']})")
     elif r["type"] in ("valid", "stop"):
         extra = "".join(f" {k} {r[k]:.3f}" for k in ("alignment_accuracy", "cer") if k in r)
         ppl = f" ppl {r['val_ppl']:.2f}" if "val_ppl" in r else ""
