@@ -24,6 +24,7 @@ set size during the timed training steps minus the size before the model was bui
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import os
@@ -185,6 +186,48 @@ def bench_lstmkit_compiled(c, rt, x, y, steps, sync):
         lambda: model.loss(model.features(x)[0], y)
 
 
+class _GraphSafeAutocast:
+    """The runtime's autocast with its weight-cast cache off: PyTorch's CUDA-graph notes require
+    ``cache_enabled=False`` for autocast inside a captured region."""
+
+    def __init__(self, rt: Runtime):
+        self.device, self.amp_dtype = rt.device, rt.amp_dtype
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False)
+
+
+def bench_lstmkit_graphed(c, rt, x, y, steps, sync):
+    """As :func:`bench_lstmkit`, with the whole step (forward, backward, clip, the device-side
+    finiteness check and the fused update) captured once in a CUDA graph and replayed: no kernel
+    launches from Python per step. One window length (the trainer's variable lengths would need one
+    graph per length, ~40 of them); dropout masks still differ per replay (graph-safe RNG)."""
+    if rt.device.type != "cuda":
+        raise RuntimeError("CUDA graphs need a CUDA device")
+    model = AWDLSTM(c).to(rt.device).train()
+    opt = NTASGD(model.parameters(), lr=1.0)
+    grt = _GraphSafeAutocast(rt)
+
+    def loss():
+        d_, raw, _ = model.features(x)
+        return model.loss(d_, y) + activation_regularization(d_, 2) + temporal_activation_regularization(raw, 1)
+
+    def step():
+        return device_step(loss, opt, model.parameters(), 0.25, grt)
+    side = torch.cuda.Stream()           # warm-up off the default stream, as the CUDA-graph notes ask
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return model, graph.replay, lambda: model.loss(model.features(x)[0], y)
+
+
 def bench_reference(c, rt, x, y, steps, sync):
     ref = Reference2017(type(c)(**{**c.__dict__, "softmax": "full"})).to(rt.device).train()
     opt = torch.optim.SGD(ref.parameters(), lr=1.0)
@@ -234,7 +277,8 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. model.loss_chunk=0")
     ap.add_argument("--skip-fastai", action="store_true")
     ap.add_argument("--compile", action="store_true", help="add a row with the loss under torch.compile")
-    ap.add_argument("--only", default="", help="comma list of rows to run: lstmkit,compile,fp32,reference,fastai,fastai-bf16")
+    ap.add_argument("--graph", action="store_true", help="add a row with the whole step in a CUDA graph (CUDA only)")
+    ap.add_argument("--only", default="", help="comma list of rows to run: lstmkit,compile,graph,fp32,reference,fastai,fastai-bf16")
     args = ap.parse_args()
     over: dict = {}
     for kv in args.set:
@@ -251,13 +295,17 @@ def main():
     x = torch.randint(0, c.vocab_size, (n, t), device=rt.device)
     y = torch.randint(0, c.vocab_size, (n, t), device=rt.device)
     prec = "bf16" if rt.amp_dtype else "fp32"
-    rows = [("lstmkit", f"lstmkit ({c.softmax} softmax, {prec}, default)", bench_lstmkit, rt),
+    # the reference first: every later row prints its ratio as soon as it is measured, so a row that
+    # fails or a run killed at a time limit keeps the rows before it
+    rows = [("reference", "reference 2017 approach (fp32, full softmax)", bench_reference, fp32),
+            ("lstmkit", f"lstmkit ({c.softmax} softmax, {prec}, default)", bench_lstmkit, rt),
             ("fp32", f"lstmkit ({c.softmax} softmax, fp32)", bench_lstmkit, fp32),
-            ("reference", "reference 2017 approach (fp32, full softmax)", bench_reference, fp32),
             ("fastai", "fastai 2.8.12 AWD_LSTM (fp32, full softmax)", bench_fastai, fp32),
             ("fastai-bf16", "fastai 2.8.12 AWD_LSTM (bf16 autocast)", bench_fastai, bf16)]
+    if args.graph:      # last: a capture that broke the CUDA context would end only the rows after it
+        rows.append(("graph", f"lstmkit + CUDA graph ({c.softmax} softmax, {prec})", bench_lstmkit_graphed, rt))
     if args.compile:
-        rows.insert(1, ("compile", f"lstmkit + torch.compile ({c.softmax} softmax, {prec})", bench_lstmkit_compiled, rt))
+        rows.insert(2, ("compile", f"lstmkit + torch.compile ({c.softmax} softmax, {prec})", bench_lstmkit_compiled, rt))
     if args.only:
         rows = [r for r in rows if r[0] in args.only.split(",") or r[0] == "reference"]
     if rt.amp_dtype is None:
@@ -267,31 +315,6 @@ def main():
     peaks = {dt: peak_matmul_gflops(dt or torch.float32, rt.device) for dt in {r[3].amp_dtype for r in rows}}
     adaptive_rows = c.adaptive_cutoffs[0] + len(c.adaptive_cutoffs) if c.softmax == "adaptive" else None
     mem = PeakMemory(rt.device)
-    results = []
-    for key, name, build, runtime in rows:
-        if key.startswith("fastai") and args.skip_fastai:
-            continue
-        if key.startswith("fastai"):
-            try:
-                import fastai.text.models.awdlstm  # noqa: F401
-            except ImportError as e:       # fastai itself, or one of its needs (the row is skipped, not the bench)
-                print(f"# skipped {name}: fastai cannot be imported ({e}; see benchmarks/README.md)")
-                continue
-        mem.baseline()
-        with mem:
-            model, step, evaluate = build(c, runtime, x, y, args.steps, sync)
-            train = timed(step, n * t, args.steps, sync=sync)
-        model.eval()
-        with torch.no_grad(), runtime.autocast():
-            ev = timed(evaluate, n * t, 2 * args.steps, sync=sync)
-        # the FLOPs each row computes; for an adaptive softmax only its head is counted (a lower bound)
-        fl = flops_per_token(c, adaptive_rows if key in ("lstmkit", "fp32", "compile") else None)
-        results.append((name, train, ev, fl, runtime.amp_dtype, mem.mib))
-        del model, step, evaluate
-    for dt in peaks:   # measured again after the runs (clocks may have changed): keep the higher
-        peaks[dt] = max(peaks[dt], peak_matmul_gflops(dt or torch.float32, rt.device))
-    ref_train = next(r[1] for r in results if r[0].startswith("reference"))
-    ref_eval = next(r[2] for r in results if r[0].startswith("reference"))
     print(f"# {args.config}: batch {n}, bptt {t}, emb {c.emb_size}, hidden {c.hidden_size}, layers {c.num_layers}, "
           f"vocab {c.vocab_size}; {3 * flops_per_token(c) / 1e6:.0f} MFLOP per training token (full softmax)")
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()} ({rt.device}), "
@@ -299,12 +322,39 @@ def main():
                                                                    for dt, v in peaks.items()) + "; "
           f"{args.steps} timed steps after 1 warm-up")
     print("| implementation | train tok/s | ratio | train MFU | eval tok/s | ratio | eval MFU | peak MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, tr, ev, fl, dt, mib in results:
-        mfu_t, mfu_e = 3 * fl * tr / (peaks[dt] * 1e9), fl * ev / (peaks[dt] * 1e9)
-        print(f"| {name} | {tr:,.0f} | {tr / ref_train:.2f} | {100 * mfu_t:.0f}% | {ev:,.0f} | {ev / ref_eval:.2f} | "
-              f"{100 * mfu_e:.0f}% | {mib:,.0f} |")
-
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    ref_train = ref_eval = None
+    for key, name, build, runtime in rows:
+        if key.startswith("fastai") and args.skip_fastai:
+            continue
+        if key.startswith("fastai"):
+            try:
+                import fastai.text.models.awdlstm  # noqa: F401
+            except ImportError as e:       # fastai itself, or one of its needs (the row is skipped, not the bench)
+                print(f"# skipped {name}: fastai cannot be imported ({e}; see benchmarks/README.md)", flush=True)
+                continue
+        mem.baseline()
+        try:
+            with mem:
+                model, step, evaluate = build(c, runtime, x, y, args.steps, sync)
+                train = timed(step, n * t, args.steps, sync=sync)
+            model.eval()
+            with torch.no_grad(), runtime.autocast():
+                ev = timed(evaluate, n * t, 2 * args.steps, sync=sync)
+        except Exception as e:             # an optional row (compile, graph) that fails here ends only itself
+            if key == "reference":
+                raise
+            print(f"# skipped {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+            continue
+        if key == "reference":
+            ref_train, ref_eval = train, ev
+        # the FLOPs each row computes; for an adaptive softmax only its head is counted (a lower bound)
+        fl = flops_per_token(c, adaptive_rows if key in ("lstmkit", "fp32", "compile", "graph") else None)
+        dt = runtime.amp_dtype
+        mfu_t, mfu_e = 3 * fl * train / (peaks[dt] * 1e9), fl * ev / (peaks[dt] * 1e9)
+        print(f"| {name} | {train:,.0f} | {train / ref_train:.2f} | {100 * mfu_t:.0f}% | {ev:,.0f} | {ev / ref_eval:.2f} | "
+              f"{100 * mfu_e:.0f}% | {mem.mib:,.0f} |", flush=True)
+        del model, step, evaluate
 
 if __name__ == "__main__":
     main()

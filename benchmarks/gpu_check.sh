@@ -2,12 +2,14 @@
 # The GPU checks of issue 18 for the `device` tool (one H200; 15 minutes of device time a session,
 # start-up included), in stages that each fit one call and leave time for the next:
 #   quick   (~4.5 min) env, CUDA-parametrized tests, LM training tokens/s against the 2017 reference
-#           and fastai (bench_lm_train.py on configs/wt2.toml), LAS utterances/s (bench_las.py), dynamic
-#           evaluation tokens/s (bench_dynamic_eval.py), LAS toy for 60 s under bf16 (default)
+#           and fastai (bench_lm_train.py on configs/wt2.toml; last, the step in a CUDA graph), LAS
+#           utterances/s (bench_las.py), dynamic evaluation tokens/s (bench_dynamic_eval.py), LAS toy
+#           for 60 s under bf16 (default)
 #   recipe  (~7.5 min) configs/wt2-gpu.toml: 6.5 minutes of training with the schedule fitted to the
 #           budget, final dev/test evaluation; perplexity against seconds
 #   las-fp32 (~1.5 min) the LAS toy minute again in fp32, for comparison
 #   compile (~2.5 min) bench_lm_train.py's default row against the same step under torch.compile
+#           and in a CUDA graph
 #   testtime (~3 min) cache and dynamic evaluation of the recipe's run on the test split (needs the
 #           run folder, so only in the same call as `recipe`: `bash ... recipe testtime`)
 #   suite   (<= 9 min) the whole test suite on the GPU machine (no install/notebook tests: no network
@@ -72,8 +74,8 @@ for stage in $STAGES; do
         "tests/test_test_time.py::test_test_time_methods_read_back_once_per_pass_not_per_segment" \
         > "$LOGS/tests.txt" 2>&1
       say "## tests: $(tail -n 1 "$LOGS/tests.txt")"
-      timeout 150 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 > "$LOGS/bench_lm.txt" 2>&1
-      say "## bench_lm_train.py --config $BENCH_CONFIG --steps 10 (rc $?)"; grep -E '^[|#]' "$LOGS/bench_lm.txt" >> "$SUMMARY"
+      timeout 150 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 --graph > "$LOGS/bench_lm.txt" 2>&1
+      say "## bench_lm_train.py --config $BENCH_CONFIG --steps 10 --graph (rc $?)"; grep -E '^[|#]' "$LOGS/bench_lm.txt" >> "$SUMMARY"
       timeout 90 python3 benchmarks/bench_las.py --batches 10 > "$LOGS/bench_las.txt" 2>&1
       say "## bench_las.py --batches 10 (rc $?)"; grep -v '^\s*$' "$LOGS/bench_las.txt" | tail -n 5 >> "$SUMMARY"
       timeout 90 python3 benchmarks/bench_dynamic_eval.py --config "$BENCH_CONFIG" --segments 300 > "$LOGS/bench_de.txt" 2>&1
@@ -86,7 +88,7 @@ for stage in $STAGES; do
         --set 'train.precision="fp32"' > "$LOGS/las_fp32.txt" 2>&1
       say "## LAS toy, 1 minute, fp32 (rc $?)"; curve "$RUNS/toy-fp32" >> "$SUMMARY" 2>&1 ;;
     compile)
-      timeout 240 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 --compile --only lstmkit,compile \
+      timeout 240 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 --compile --graph --only lstmkit,compile,graph \
         > "$LOGS/bench_compile.txt" 2>&1
       say "## bench_lm_train.py --compile --only lstmkit,compile (rc $?)"; grep -E '^[|#]' "$LOGS/bench_compile.txt" >> "$SUMMARY" ;;
     recipe)
