@@ -20,7 +20,9 @@ def adamw_cosine(small_corpus, runs, average_last, **train):
     cfg = tiny_config(small_corpus, runs, epochs=2, log_every=1, evals_per_epoch=2, threads=1, **train)
     cfg.optim.optimizer, cfg.optim.lr, cfg.optim.weight_decay = "adamw", 0.003, 0.01
     cfg.optim.schedule, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = "cosine", 3, 0.05
-    cfg.optim.nonmono = 50                       # the trigger cannot fire: only the schedule averages
+    # nonmono 1 fires the non-monotone trigger at the first worse check; with average_last set the
+    # trigger is off and only the schedule starts averaging (the run without it gets nonmono 50)
+    cfg.optim.nonmono = 1 if average_last else 50
     cfg.optim.average_last = average_last
     return cfg
 
@@ -93,6 +95,17 @@ def test_a_run_stopped_before_or_after_the_averaging_start_resumes_exactly(small
         for a, b in zip(resumed.opt.avg, full.opt.avg):
             assert torch.equal(a, b), stop
         assert res["test_loss"] == res_full["test_loss"], stop
+
+
+@pytest.mark.parametrize("optimizer", ["ntasgd", "adamw"])
+def test_with_average_last_the_non_monotone_trigger_is_off(optimizer):
+    from lstmkit.lm.config import OptimConfig
+    from lstmkit.lm.optim import build_optimizer
+    worse = [5.0, 4.0, 4.2, 4.5]             # nonmono 1: the newest check is worse than the best before the last one
+    for last, fires in ((0.0, True), (0.2, False)):
+        opt = build_optimizer(torch.nn.Linear(2, 2).parameters(), OptimConfig(optimizer=optimizer, lr=0.1, nonmono=1,
+                                                                               average_last=last))
+        assert opt.check(worse) is fires and opt.averaging is fires
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), float("inf")])

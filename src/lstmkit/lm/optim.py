@@ -212,6 +212,8 @@ class AdamWWrapper(NTASGD):
 
 def build_optimizer(params, o) -> NTASGD:
     """The optimizer ``o`` (an :class:`lstmkit.lm.config.OptimConfig`) asks for: NT-ASGD (the paper),
-    plain SGD (NT-ASGD with its averaging switch off), Adam or AdamW, each with the averaging switch."""
+    plain SGD (NT-ASGD with its averaging switch off), Adam or AdamW, each with the averaging switch.
+    With ``o.average_last`` > 0 the schedule decides when averaging starts and the non-monotone
+    trigger is off (an early trigger would mix the high-rate iterates into the tail's average)."""
     cls = {"adam": AdamWrapper, "adamw": AdamWWrapper}.get(o.optimizer, NTASGD)
-    return cls(params, o.lr, o.weight_decay, o.nonmono, enabled=o.optimizer != "sgd")
+    return cls(params, o.lr, o.weight_decay, o.nonmono, enabled=o.optimizer != "sgd" and not o.average_last)
