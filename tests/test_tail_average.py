@@ -1,6 +1,6 @@
 """Schedule-based iterate averaging (``optim.average_last``, issue 18's GPU recipes): the averaged
-weights are the mean of the iterates after the last ``round(f * total)`` scheduled steps, whatever
-the non-monotone trigger does, and a run stopped before or after the start resumes exactly."""
+weights are the mean of the iterates after the last ``round(f * total)`` scheduled steps (the
+non-monotone trigger is then off), and a run stopped before or after the start resumes exactly."""
 from __future__ import annotations
 
 import copy

@@ -181,11 +181,11 @@ def lr_multiplier(step: int, total: int, warmup: int = 0, schedule: str = "const
 
 def averaging_start(total: int, last: float) -> int:
     """Steps after which schedule-based iterate averaging (``optim.average_last``) starts: the
-    iterates after the last ``round(last * total)`` of ``total`` scheduled steps are averaged,
-    whatever the non-monotone trigger says (tail averaging of a decaying schedule; Polyak and
-    Juditsky 1992, as SWA uses it, Izmailov et al. 2018). ``total`` is the schedule's estimate
-    (epochs x windows per epoch); with variable-length BPTT a run can take a few more steps,
-    which are averaged too. Callers skip this when ``last`` is 0 (off).
+    iterates after the last ``round(last * total)`` of ``total`` scheduled steps are averaged, and
+    the non-monotone trigger is off (:func:`build_optimizer`). Tail averaging of a decaying
+    schedule (Polyak and Juditsky 1992, as SWA uses it, Izmailov et al. 2018). ``total`` is the
+    schedule's estimate (epochs x expected windows per epoch); a run whose random window lengths
+    give a few more steps averages those too. Callers skip this when ``last`` is 0 (off).
 
     >>> averaging_start(100, 0.25), averaging_start(100, 0.3), averaging_start(10, 1.0)
     (75, 70, 0)
