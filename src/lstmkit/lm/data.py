@@ -291,6 +291,7 @@ class BPTTIterator:
     def __init__(self, rows: torch.Tensor, bptt: int, seed: int = 0, variable: bool = True, max_extra: int = 40):
         self.rows, self.bptt, self.variable = rows, bptt, variable
         self.max_len = bptt + max_extra
+        self.mean_len = mean_bptt_length(bptt, self.max_len, variable)   # once: ~0.2 ms, and len() is read per step
         self.rng = np.random.default_rng(seed)
         self.pos = 0
         self.last_scale = 1.0
@@ -298,7 +299,7 @@ class BPTTIterator:
     def __len__(self) -> int:
         """Expected number of windows per epoch (the lengths are random: a given epoch may have a
         few more or fewer); learning-rate schedules, averaging and validation points count by it."""
-        return max(1, round((self.rows.size(1) - 1) / mean_bptt_length(self.bptt, self.max_len, self.variable)))
+        return max(1, round((self.rows.size(1) - 1) / self.mean_len))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while self.pos < self.rows.size(1) - 1:

@@ -99,6 +99,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
         self.model.train()
         dev = self.runtime.device
         evals = {int(len(it) * k / cfg.train.evals_per_epoch) for k in range(1, cfg.train.evals_per_epoch)}
+        scheduled = cfg.train.epochs * len(it)      # steps of the learning-rate schedule and tail averaging
         bar = Progress(len(it), f"epoch {self.epoch + 1}", "steps", "tokens/s", initial=min(self.epoch_windows, len(it)),
                        enabled=self.dist.main)
         t0 = t_log = time.time()
@@ -109,12 +110,11 @@ class LanguageModelTrainer(RewindOnNonFinite):
                 self.hidden = self.model.init_hidden(x.size(0), dev)
             self.hidden = detach_hidden(self.hidden)
             o = cfg.optim
-            total = cfg.train.epochs * len(it)
-            if o.average_last and not self.opt.averaging and self.step >= averaging_start(total, o.average_last):
+            if o.average_last and not self.opt.averaging and self.step >= averaging_start(scheduled, o.average_last):
                 self.opt.start_averaging(self.epoch)         # the schedule's tail: average from here on
                 self.run.log_metrics({"type": "averaging", "epoch": self.epoch + 1, "step": self.step,
                                       "reason": f"optim.average_last = {o.average_last}"})
-            sched = lr_multiplier(self.step + 1, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
+            sched = lr_multiplier(self.step + 1, scheduled, o.warmup_steps, o.schedule, o.min_lr_ratio)
             self.opt.set_lr_scale(it.last_scale * o.lr_decay ** self.epoch * self.lr_factor * sched)
             res = device_step(lambda: self._loss(x, y), self.opt, self.model.parameters(), cfg.optim.clip, self.runtime,
                               agree=self.dist.enabled)
