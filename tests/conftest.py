@@ -98,3 +98,43 @@ class HostReads:
         import torch
         for name, f in self.saved.items():
             setattr(torch.Tensor, name, f)
+
+
+def elsewhere_class():
+    """A tensor type that holds CPU data but says it lives on ``cuda``: on a CPU-only machine it
+    stands in for a GPU tensor where the point is host-versus-device handling. Every op on it raises
+    (as mixing devices would), except a copy to the CPU, which returns the data; PyTorch's own checks
+    (``torch.set_rng_state`` wants a CPU byte tensor, ``.numpy()``) refuse it as they refuse a GPU
+    tensor."""
+    import torch
+
+    class Elsewhere(torch.Tensor):
+        @staticmethod
+        def __new__(cls, inner, device="cuda"):
+            r = torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype, device=torch.device(device),
+                                                    strides=inner.stride())
+            r.inner = inner
+            return r
+
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and kwargs.get("device") == torch.device("cpu"):
+                return args[0].inner.to(dtype=kwargs.get("dtype") or args[0].inner.dtype, copy=True)
+            raise RuntimeError(f"{func}: a tensor on {args[0].device} met code that expects another device")
+
+    return Elsewhere
+
+
+def on_elsewhere(tree):
+    """``tree`` (nested dicts/lists/tuples) with every tensor replaced by an :func:`elsewhere_class`
+    tensor, i.e. what ``torch.load(..., map_location="cuda")`` gives, emulated on a CPU."""
+    import torch
+    cls = elsewhere_class()
+    if isinstance(tree, torch.Tensor):
+        return cls(tree)
+    if isinstance(tree, dict):
+        return {k: on_elsewhere(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(on_elsewhere(v) for v in tree)
+    return tree

@@ -428,3 +428,28 @@ def test_greedy_decoding_that_checks_for_the_end_every_8_steps_gives_the_same_ou
         assert torch.equal(i1, i8) and torch.equal(a1, a8), (eos_bias, i1.shape, i8.shape)
         if eos_bias:                       # stopped before the longest cap (30), between two checks: trimmed
             assert i1.size(1) < 30 and i1.size(1) % 8, i1.size(1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_states_restore_exactly_from_a_checkpoint_loaded_onto_the_device(tmp_path, device):
+    """The trainers load ``last`` with ``map_location`` = their device (resume, rewind), which puts
+    the saved random states on the GPU; ``torch.set_rng_state`` and numpy take host data only. The
+    stand-in tensor of conftest.on_elsewhere makes the GPU case fail on a CPU too."""
+    import random
+
+    import numpy as np
+
+    from conftest import on_elsewhere
+    from lstmkit.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+    def draws():
+        return torch.rand(4).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(2)]
+
+    save_checkpoint(tmp_path, "last", "000000001", {"w": torch.zeros(2)}, {"rng": rng_state()}, {"step": 1})
+    expected = draws()
+    _, extra, _ = load_checkpoint(tmp_path, "last", device)
+    assert extra["rng"]["torch"].device.type == device          # what map_location does
+    for st in (extra["rng"], on_elsewhere(extra["rng"])):
+        draws()                                                 # move every generator on
+        set_rng_state(st)
+        assert draws() == expected

@@ -7,11 +7,16 @@ import copy
 import json
 
 import pytest
+import torch
 
 from conftest import tiny_config
 from lstmkit.las import LASTrainer
 from lstmkit.lm import LanguageModelTrainer
 from test_las import tiny_las_config
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])   # resume on a GPU: its
+# checkpoints load onto the device (random states included), and its kernels need train.deterministic
 
 
 def records(run, kind):
@@ -32,10 +37,11 @@ def stop_at(trainer, step):
 
 
 @pytest.mark.slow
-def test_lm_stop_then_resume_at_any_step_equals_the_uninterrupted_run(small_corpus, tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_lm_stop_then_resume_at_any_step_equals_the_uninterrupted_run(small_corpus, tmp_path, device):
     # nonmono 1: NT-ASGD switches within the run, so its trigger history must resume exactly too
     cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=2, log_every=1, evals_per_epoch=6, threads=1,
-                      deterministic=True)        # what exact resume needs on a GPU (docs/gpu.md); no change on a CPU
+                      deterministic=True, device=device)        # what exact resume needs on a GPU (docs/gpu.md); no change on a CPU
     cfg.optim.nonmono = 1
     full = LanguageModelTrainer.from_config(copy.deepcopy(cfg), run_id="full")
     res_full = full.fit()
@@ -66,9 +72,12 @@ def test_lm_budget_stop_before_any_validation_still_leaves_a_usable_run(small_co
 
 
 @pytest.mark.slow
-def test_las_stop_then_resume_equals_the_uninterrupted_run_and_keeps_training_mode(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_las_stop_then_resume_equals_the_uninterrupted_run_and_keeps_training_mode(tmp_path, device):
     cfg = tiny_las_config(tmp_path / "runs", epochs=2, log_every=1, threads=1, precision="fp32", n_plots=1,
-                          evals_per_epoch=2, deterministic=True)
+                          evals_per_epoch=2, deterministic=True, device=device)
+    if device == "cuda":
+        cfg.model.ctc_weight = 0.0                # CUDA's CTC backward has no deterministic kernel
     cfg.data.toy.n_train, cfg.data.toy.n_val = 320, 16
     cfg.model.dropout_p = 0.3                     # a validation that left eval mode on would change the losses
     cfg.optim.tf_floor, cfg.optim.tf_decay = 0.5, 0.5

@@ -221,15 +221,18 @@ def _np_state_to_plain(s):
 
 
 def set_rng_state(st: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved. The states are host data whatever device a checkpoint
+    was mapped to: ``load_checkpoint(..., map_location="cuda")`` puts every tensor of ``extra`` on
+    the GPU, and ``torch.set_rng_state`` / ``torch.cuda.set_rng_state_all`` take CPU byte tensors only."""
     import random
 
     import numpy as np
-    torch.set_rng_state(st["torch"])
+    torch.set_rng_state(st["torch"].cpu())
     random.setstate((st["python"][0], tuple(st["python"][1]), st["python"][2]))
     n = st["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype("uint32"), n[2], n[3], n[4]))
+    np.random.set_state((n[0], n[1].cpu().numpy().astype("uint32"), n[2], n[3], n[4]))
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
 
 
 def module_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
