@@ -12,6 +12,8 @@
 #           and in a CUDA graph
 #   testtime (~3 min) cache and dynamic evaluation of the recipe's run on the test split (needs the
 #           run folder, so only in the same call as `recipe`: `bash ... recipe testtime`)
+#   resume  (~2 min) stop-and-resume of the LM and LAS trainers on the GPU equals the uninterrupted
+#           run (tests/test_resume_stop.py, cuda cases; train.deterministic), dynamic evaluation on it
 #   suite   (<= 9 min) the whole test suite on the GPU machine (no install/notebook tests: no network
 #           there): every trainer-based test runs on CUDA, since train.device defaults to auto
 # Prepare the wheels here first (bash benchmarks/gpu_wheels.sh), then, e.g.:
@@ -83,6 +85,13 @@ for stage in $STAGES; do
       timeout 100 python3 -m lstmkit las train --config "$LAS" --max-minutes 1 --run-id toy-auto --runs-dir "$RUNS" \
         > "$LOGS/las_auto.txt" 2>&1
       say "## LAS toy, 1 minute, precision auto (bf16 on CUDA) (rc $?)"; curve "$RUNS/toy-auto" >> "$SUMMARY" 2>&1 ;;
+    resume)
+      timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
+        "tests/test_resume_stop.py::test_lm_stop_then_resume_at_any_step_equals_the_uninterrupted_run[cuda]" \
+        "tests/test_resume_stop.py::test_las_stop_then_resume_equals_the_uninterrupted_run_and_keeps_training_mode[cuda]" \
+        tests/test_test_time.py > "$LOGS/resume.txt" 2>&1
+      say "## resume on the GPU, test-time methods (rc $?): $(tail -n 1 "$LOGS/resume.txt")"
+      grep -E "^(FAILED|ERROR)" "$LOGS/resume.txt" >> "$SUMMARY" ;;
     las-fp32)
       timeout 100 python3 -m lstmkit las train --config "$LAS" --max-minutes 1 --run-id toy-fp32 --runs-dir "$RUNS" \
         --set 'train.precision="fp32"' > "$LOGS/las_fp32.txt" 2>&1
@@ -102,7 +111,7 @@ for stage in $STAGES; do
         --ignore=tests/test_notebooks.py tests > "$LOGS/suite.txt" 2>&1
       say "## the test suite on this machine: trainers take CUDA under device = auto (rc $?)"
       grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$LOGS/suite.txt" | tail -n 40 >> "$SUMMARY" ;;
-    *) say "unknown stage $stage (quick, recipe, las-fp32, compile, testtime, suite)" ;;
+    *) say "unknown stage $stage (quick, recipe, resume, las-fp32, compile, testtime, suite)" ;;
   esac
   say "# stage $stage: $(( $(date +%s) - s0 )) s"
 done

@@ -13,6 +13,7 @@ from lstmkit.lm.model import AWDLSTM, AWDLSTMConfig, choose_loss_path
 from lstmkit.nn.weight_drop import FlatLayout, WeightDrop
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+NO_REAL_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="uses the emulated GPU (tests/emulated_cuda.py)")
 
 
 def test_flat_layout_views_share_one_buffer_in_any_order_with_gaps():
@@ -453,3 +454,71 @@ def test_random_states_restore_exactly_from_a_checkpoint_loaded_onto_the_device(
         draws()                                                 # move every generator on
         set_rng_state(st)
         assert draws() == expected
+
+
+@NO_REAL_GPU
+def test_the_gpu_random_state_is_the_run_device_s_in_old_and_new_checkpoints():
+    """Only the training GPU's generator is saved, and it goes back to the run's device: a list of
+    every visible GPU's states (older checkpoints) restored on a machine with fewer GPUs failed with
+    an IndexError, and under torchrun it held rank 0's unused generators for the other ranks."""
+    import emulated_cuda as emu
+    from lstmkit.core.checkpoint import rng_state, set_rng_state
+    s0, s1, s2 = (torch.full((16,), v, dtype=torch.uint8) for v in (1, 2, 3))
+    with emu.emulated_cuda():
+        emu.CUDA_RNG[0] = s1.clone()
+        st = rng_state("cuda")
+        assert "cuda" not in st and torch.equal(st["cuda_device"], s1)
+        assert "cuda_device" not in rng_state("cpu")
+        emu.CUDA_RNG[0] = s0.clone()
+        set_rng_state({**st, "cuda_device": st["cuda_device"].to("cuda")}, "cuda")   # as loaded onto the GPU
+        assert torch.equal(emu.CUDA_RNG[0], s1)
+        set_rng_state({**st, "cuda_device": None, "cuda": [s2, s0, s1]}, "cuda:0")    # saved on three GPUs
+        assert torch.equal(emu.CUDA_RNG[0], s2)
+        set_rng_state(st, "cpu")                                                     # a GPU run resumed on a CPU
+        assert torch.equal(emu.CUDA_RNG[0], s2)
+
+
+def test_bf16_autocast_means_gpus_with_bf16_units_and_asks_the_run_s_gpu(monkeypatch):
+    from lstmkit.core.device import cuda_has_fast_bf16
+    asked = []
+
+    def capability(device=None):
+        asked.append(device)
+        return {0: (7, 0), 1: (9, 0)}[torch.device(device).index or 0]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    assert not cuda_has_fast_bf16(torch.device("cuda:0"))      # V100: bf16 only emulated, slower than fp32
+    assert cuda_has_fast_bf16(torch.device("cuda:1")) and asked == [torch.device("cuda:0"), torch.device("cuda:1")]
+
+
+@NO_REAL_GPU
+@pytest.mark.parametrize("flat", ["auto", "never"])
+def test_lstms_under_cuda_autocast_run_in_its_dtype_not_in_fp16(monkeypatch, flat):
+    """CUDA autocast gives cuDNN RNNs fp16 whatever dtype autocast was asked for (PyTorch's
+    AutocastRNN.cpp); the AWD-LSTM layers and the LAS listener hand the kernel bf16 themselves, with
+    autocast off. Emulated: CUDA autocast switched on in bf16, the kernel call recorded."""
+    from emulated_cuda import emulated_cuda
+    from lstmkit.las.model import BiLSTM
+    seen = []
+    real = torch.lstm
+
+    def spy(x, hx, params, *args):
+        seen.append({x.dtype, hx[0].dtype, hx[1].dtype} | {w.dtype for w in params})
+        f32 = (lambda t: t.float())
+        out, h, c = real(f32(x), (f32(hx[0]), f32(hx[1])), [f32(w) for w in params], *args)
+        return out.to(x.dtype), h.to(x.dtype), c.to(x.dtype)
+    old = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    with emulated_cuda():
+        monkeypatch.setattr(torch, "lstm", spy)
+        monkeypatch.setattr(torch._VF, "lstm", spy, raising=False)      # what nn.LSTM calls
+        torch.set_autocast_enabled("cuda", True)     # the flag alone (the emulated tensors are CPU ones
+        torch.set_autocast_dtype("cuda", torch.bfloat16)        # underneath: CUDA autocast casts nothing)
+        try:
+            wd = WeightDrop(nn.LSTM(4, 6, batch_first=True), 0.5, flat).to("cuda")
+            out, (h, c) = wd(torch.randn(2, 5, 4, device="cuda"))
+            bi = BiLSTM(4, 3).to("cuda")
+            y = bi(torch.randn(2, 5, 4, device="cuda"), torch.tensor([5, 3], device="cuda"))
+        finally:
+            torch.set_autocast_enabled("cuda", old[0])
+            torch.set_autocast_dtype("cuda", old[1])
+    assert len(seen) == 3 and all(s == {torch.bfloat16} for s in seen), seen
+    assert h.dtype == c.dtype == torch.float32 and y.shape == (2, 5, 6)   # states back in the caller's dtype

@@ -64,6 +64,13 @@ def test_transcribe_api_and_cli(audio_run, tmp_path):
     texts = transcribe(audio_run / "runs" / "r", wavs, batch_size=2)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     assert transcribe(audio_run / "runs" / "r", wavs[:1], beam=3)[0] is not None
+    import torch
+    from emulated_cuda import emulated_cuda
+    if not torch.cuda.is_available():
+        with emulated_cuda():                                  # device "auto" takes the (emulated) GPU
+            assert transcribe(audio_run / "runs" / "r", wavs, batch_size=2) == texts
+    with pytest.raises(InputError, match="device: found 'tpu'"):
+        transcribe(audio_run / "runs" / "r", wavs, device="tpu")
     r = subprocess.run([sys.executable, "-m", "lstmkit", "las", "transcribe", str(audio_run / "runs" / "r")] +
                        [str(w) for w in wavs], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

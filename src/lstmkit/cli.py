@@ -75,7 +75,7 @@ def lm_eval(args) -> int:
     corpus = load_corpus(cfg.data, vocab=model.vocab if cfg.data.format != "npy" else None)
     stream = corpus.split(args.split)
     bs = args.batch_size or (cfg.data.test_batch_size if args.split == "test" else cfg.data.eval_batch_size)
-    rt = pick_runtime(args.device, args.precision, where="--precision")
+    rt = pick_runtime(args.device, args.precision, where="--precision", device_where="--device")
     model.to(rt.device)
     out: dict = {"split": args.split, "batch_size": bs}
     cache = None
@@ -122,7 +122,8 @@ def lm_eval(args) -> int:
 def lm_generate(args) -> int:
     import numpy as np
     from .lm import TestLanguageModel, load_model
-    model = load_model(args.run, args.checkpoint)
+    from .core.device import pick_runtime
+    model = load_model(args.run, args.checkpoint).to(pick_runtime(args.device, "fp32", device_where="--device").device)
     words = model.vocab.tokenize(args.prompt)
     if not words:
         raise InputError("--prompt", "empty prompt", "at least one word")

@@ -61,7 +61,10 @@ def las_decode(args) -> int:
     from .las import SpeechDataset, cer, load_las, wer
     from .las.data import collate
     from .las.decode import decode_texts
+    from .core.device import pick_runtime
+    dev = pick_runtime(args.device, "fp32", device_where="--device").device
     model, vocab = load_las(args.run, args.checkpoint)      # its decode_ctc_weight: the run's, unless --ctc-weight
+    model.to(dev)
     if args.window is not None:
         model.speller.window = args.window
     ds = SpeechDataset.from_folder(args.data, vocab, model.config.n_bands, allow_empty=True)
@@ -69,7 +72,7 @@ def las_decode(args) -> int:
     if args.lm:
         from .las.fusion import CharLMFusion
         from .lm import load_model
-        fusion = CharLMFusion(load_model(args.lm), vocab)
+        fusion = CharLMFusion(load_model(args.lm).to(dev), vocab)
     from .core.progress import Progress
     refs, hyps = [], []
     bar = Progress(len(ds), "decode", "utterances", "utterances/s")
@@ -126,7 +129,8 @@ def las_plot(args) -> int:
 def las_transcribe(args) -> int:
     from .las import transcribe
     texts = transcribe(args.run, args.audio, beam=args.beam, ctc_weight=args.ctc_weight, lm=args.lm,
-                       lm_weight=args.lm_weight, batch_size=args.batch_size, checkpoint=args.checkpoint)
+                       lm_weight=args.lm_weight, batch_size=args.batch_size, checkpoint=args.checkpoint,
+                       device=args.device)
     for path, text in zip(args.audio, texts):
         print(f"{path}\t{text}", flush=True)
     return 0

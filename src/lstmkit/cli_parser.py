@@ -29,6 +29,10 @@ def _train_flags(t, run_id_help: str) -> None:
                    "(repeatable)")
 
 
+def _device(p) -> None:
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+
+
 def _threads(p) -> None:
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's own choice)")
 
@@ -93,6 +97,7 @@ def build_parser(funcs: dict) -> argparse.ArgumentParser:
     g.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 discourages words already used")
     g.add_argument("--no-repeat-ngram-size", type=nonneg_int, default=0, help="never repeat an n-gram of this size")
     g.add_argument("--no-stream", action="store_true", help="print the continuation at the end, not word by word")
+    _device(g)
     _threads(g)
 
     x = lm.add_parser("export", help="one TorchScript file that plain PyTorch loads (torch.jit.load), vocabulary inside")
@@ -129,6 +134,7 @@ def build_parser(funcs: dict) -> argparse.ArgumentParser:
     d.add_argument("--length-bonus", type=finite_float, default=0.0, help="added to the score per emitted character")
     d.add_argument("--ctc-weight", type=unit_interval, help="joint CTC/attention decoding: score = (1-w) attention + "
                    "w CTC prefix score (default: the run's train.val_ctc_weight; 0 = attention alone)")
+    _device(d)
     _threads(d)
 
     pr = las.add_parser("prepare", help="wav corpus / FSDD / LibriSpeech-mini -> LAS data folders (feats + transcripts)")
@@ -163,6 +169,7 @@ def build_parser(funcs: dict) -> argparse.ArgumentParser:
     tr.add_argument("--lm", help="shallow fusion with this character-level LM run")
     tr.add_argument("--lm-weight", type=nonneg_float, default=0.3, help="LM weight with --lm")
     tr.add_argument("--batch-size", type=positive_int, default=16, help="files per batch")
+    _device(tr)
     _threads(tr)
 
     x = las.add_parser("export", help="one TorchScript file (methods listen and step) that plain PyTorch loads")

@@ -203,16 +203,19 @@ def load_checkpoint(folder: Path, name: str = "last", map_location: str | torch.
     return weights, extra, rec["state"]
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global RNG state we rely on, as tensors/plain values (``weights_only`` safe)."""
+def rng_state(device: str | torch.device | None = None) -> dict[str, Any]:
+    """Every global RNG state we rely on, as tensors/plain values (``weights_only`` safe): torch's
+    CPU generator, Python's, NumPy's and, when ``device`` is a GPU, that GPU's generator (the one
+    dropout and sampling draw from there; not every visible GPU's, which would not fit a machine
+    with fewer GPUs and under torchrun would hold another process's unused generators)."""
     import random
 
     import numpy as np
     py = random.getstate()
     st = {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
           "numpy": _np_state_to_plain(np.random.get_state())}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and torch.device(device).type == "cuda":
+        st["cuda_device"] = torch.cuda.get_rng_state(torch.device(device))
     return st
 
 
@@ -220,10 +223,13 @@ def _np_state_to_plain(s):
     return [s[0], torch.from_numpy(s[1].astype("int64")), int(s[2]), int(s[3]), float(s[4])]
 
 
-def set_rng_state(st: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved. The states are host data whatever device a checkpoint
-    was mapped to: ``load_checkpoint(..., map_location="cuda")`` puts every tensor of ``extra`` on
-    the GPU, and ``torch.set_rng_state`` / ``torch.cuda.set_rng_state_all`` take CPU byte tensors only."""
+def set_rng_state(st: dict[str, Any], device: str | torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` saved; the GPU state goes to ``device`` (the run's device now,
+    which may be another index than when it was saved). The states are host data whatever device a
+    checkpoint was mapped to: ``load_checkpoint(..., map_location="cuda")`` puts every tensor of
+    ``extra`` on the GPU, and ``torch.set_rng_state`` / ``torch.cuda.set_rng_state`` take CPU byte
+    tensors only. A GPU state meets a CPU run (or the reverse) only when a run moves between
+    machines: then it is skipped (the GPU generator keeps its seed)."""
     import random
 
     import numpy as np
@@ -231,8 +237,15 @@ def set_rng_state(st: dict[str, Any]) -> None:
     random.setstate((st["python"][0], tuple(st["python"][1]), st["python"][2]))
     n = st["numpy"]
     np.random.set_state((n[0], n[1].cpu().numpy().astype("uint32"), n[2], n[3], n[4]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
+    dev = torch.device(device) if device is not None else None
+    if dev is None or dev.type != "cuda":
+        return
+    saved = st.get("cuda_device")
+    if saved is None and st.get("cuda"):             # checkpoints before this: every visible GPU's state
+        old = st["cuda"]
+        saved = old[dev.index if dev.index is not None and dev.index < len(old) else 0]
+    if saved is not None:
+        torch.cuda.set_rng_state(saved.cpu(), dev)
 
 
 def module_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:

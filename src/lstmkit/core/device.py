@@ -46,30 +46,45 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
+def cuda_has_fast_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` computes bf16 in hardware (Ampere, compute capability 8.0, and
+    later). ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated (V100, T4:
+    slower than fp32 there) and asks the current device, not ``device``."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def pick_runtime(device: str = "auto", precision: str = "auto", threads: int = 0, deterministic: bool = False,
-                 where: str = "train.precision") -> Runtime:
+                 where: str = "train.precision", device_where: str = "train.device") -> Runtime:
     """Resolve ``device`` ('auto'|'cpu'|'cuda'|'cuda:1') and ``precision`` ('auto'|'fp32'|'bf16').
 
     'auto' precision uses bf16 autocast on CUDA with bf16 support and on CPUs with AMX/AVX512-BF16.
     ``threads`` > 0 sets torch's intra-op threads (0 keeps torch's default). ``deterministic``:
     ask cuBLAS for its reproducible workspace (it must be set before cuBLAS starts, so here, not
-    in :func:`deterministic_mode`). ``where`` names the setting in errors (a config field or a flag).
+    in :func:`deterministic_mode`). ``where`` / ``device_where`` name the precision and device
+    settings in errors (config fields or flags).
     """
+    from ..errors import InputError
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise InputError(device_where, f"found {device!r}", "'auto', 'cpu', 'cuda' or 'cuda:N'")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import InputError
-        raise InputError("train.device", f"'{device}' requested but CUDA is not available", "'cpu' or 'auto'")
+        raise InputError(device_where, f"'{device}' requested but CUDA is not available", "'cpu' or 'auto'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(device_where, f"'{device}', but this machine has {torch.cuda.device_count()} GPU(s)",
+                         f"cuda:0 ... cuda:{torch.cuda.device_count() - 1}")
     if threads > 0:
         torch.set_num_threads(threads)
     if precision == "auto":
-        fast = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_has_fast_bf16() and cpu_bf16_lstm_works()
+        fast = cuda_has_fast_bf16(dev) if dev.type == "cuda" else cpu_has_fast_bf16() and cpu_bf16_lstm_works()
         precision = "bf16" if fast and not os.environ.get("LSTMKIT_FP32") else "fp32"
     elif precision == "bf16" and dev.type == "cpu" and not cpu_bf16_lstm_works():
-        from ..errors import InputError
         raise InputError(where, "'bf16', but this CPU's LSTM kernel (oneDNN) has no bf16 path (no "
                          "AVX-512/AMX units)", "'auto' (fp32 here) or 'fp32'")
     return Runtime(dev, torch.bfloat16 if precision == "bf16" else None)
@@ -118,4 +133,8 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     device = torch.device(device)
     if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+    # a new page-locked block of the window's own size: ``t.pin_memory()`` of a window (a strided
+    # view into the whole token matrix) pins a block as large as the span of the view's storage,
+    # i.e. nearly the whole corpus, and a non-contiguous source would go through a pageable copy
+    pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return pinned.copy_(t).to(device, non_blocking=True)

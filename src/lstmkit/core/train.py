@@ -135,7 +135,11 @@ def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_util
     def update(averaged, current, n):
         d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
         torch._foreach_lerp_(averaged, current, 1.0 - d)
-    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update)
+    averaged = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update)
+    for m in averaged.modules():       # the copy's LSTM weights in one cuDNN buffer again (a no-op off CUDA)
+        if isinstance(m, torch.nn.LSTM):
+            m.flatten_parameters()
+    return averaged
 
 
 class Rewind(Exception):

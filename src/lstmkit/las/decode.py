@@ -30,7 +30,10 @@ def decode_texts(model: LAS, vocab, features: torch.Tensor, lengths: torch.Tenso
                  length_norm: float = 1.0, length_bonus: float = 0.0) -> list[str]:
     """Transcripts of a padded batch, as ``las decode`` and ``transcribe`` make them: batched beam
     search when ``beam`` > 1, an LM is fused or a CTC weight applies (``ctc_weight`` None: the
-    model's ``decode_ctc_weight``), plain greedy decoding otherwise."""
+    model's ``decode_ctc_weight``), plain greedy decoding otherwise. The batch goes to the model's
+    device."""
+    dev = next(model.parameters()).device
+    features, lengths = features.to(dev), lengths.to(dev)
     w = model_ctc_weight(model, ctc_weight)
     if beam > 1 or lm_step is not None or w:
         seqs = beam_search(model, features, lengths, vocab.sos, vocab.eos, beam=beam, length_norm=length_norm,

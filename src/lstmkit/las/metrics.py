@@ -50,6 +50,19 @@ def alignment_accuracy(attentions: Sequence[np.ndarray], spans: Sequence[Sequenc
     return hit / max(total, 1)
 
 
+def listener_spans(spans: Sequence[tuple[int, int]], factor: int) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` in input frames -> in listener frames, when a pyramid of P
+    layers makes each listener frame cover ``factor`` = 2**P input frames: a listener frame is in a
+    span when it covers any of the span's input frames.
+
+    >>> listener_spans([(0, 3), (3, 4), (4, 9)], 2)
+    [(0, 2), (1, 2), (2, 5)]
+    >>> listener_spans([(2, 5)], 1)
+    [(2, 5)]
+    """
+    return [(s // factor, max(s // factor + 1, -(-e // factor))) for s, e in spans]
+
+
 def monotonic_focus(attentions: Sequence[np.ndarray]) -> float:
     """Mean over output steps of the largest attention weight, times the share of steps whose
     argmax does not move backwards. 1.0 is a sharp, monotonic diagonal.

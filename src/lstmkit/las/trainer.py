@@ -33,7 +33,7 @@ from .config import LASRunConfig, learning_rate, teacher_forcing_rate
 from .data import CharVocabulary, SpeechDataset, Utterance, collate, length_buckets, read_split, speed_perturb
 from .decode import greedy_decode
 from .features import spec_augment
-from .metrics import alignment_accuracy, cer, monotonic_focus, wer
+from .metrics import alignment_accuracy, cer, listener_spans, monotonic_focus, wer
 from .model import LAS, las_loss, sequence_loss
 from .toy import generate
 from .transcribe import FEATURES_FILE, load_feature_settings
@@ -222,6 +222,8 @@ class LASTrainer(RewindOnNonFinite):
                 ids, fatt = greedy_decode(model, x, lens, v.sos, v.eos, max_ratio=1.0, listened=listened,
                                           ctc_weight=w_ctc)
                 # one transfer per batch, not four per utterance (each a host sync on a GPU)
+                # attention columns are listener frames: lengths after the pyramid, spans divided down
+                lens = listened[2]
                 ids, lens, fatt, att = ids.cpu(), lens.cpu(), fatt.float().cpu().numpy(), att.float().cpu().numpy()
                 for k, i in enumerate(idx):
                     u = ds.utts[i]
@@ -232,7 +234,7 @@ class LASTrainer(RewindOnNonFinite):
                     free_atts.append(fatt[k, : len(hyp) + 1, :s].copy())      # copies: the batch arrays can be large
                     if u.spans is not None:
                         tf_atts.append(att[k, : len(u.text), :s].copy())
-                        spans.append(u.spans)
+                        spans.append(listener_spans(u.spans, 2 ** model.config.pyramid_layers))
         n_chars = sum(len(r) + 1 for r in refs)
         out = {"val_loss": sum(losses) / n_chars, "cer": cer(refs, hyps), "wer": wer(refs, hyps),
                "monotonic_focus": monotonic_focus(free_atts)}
@@ -301,7 +303,7 @@ class LASTrainer(RewindOnNonFinite):
         state = {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed,
                  "best_cer": self.best_cer, "epoch_rng": self.epoch_rng_state, "history": self.history,
                  "lr_factor": self.lr_factor, "rewinds": self.rewinds, "epoch_loss": self.epoch_loss}
-        extra = {"optim": self.opt.state_dict(), "rng": rng_state()}
+        extra = {"optim": self.opt.state_dict(), "rng": rng_state(self.runtime.device)}
         if self.averaged is not None:
             extra["averaged"] = self.averaged.state_dict()
         save_checkpoint(self.run.checkpoint_dir, "last", f"{self.step:09d}", module_weights(self.model), extra, state)
@@ -327,7 +329,7 @@ class LASTrainer(RewindOnNonFinite):
         self.opt.load_state_dict(extra["optim"])
         if self.averaged is not None and "averaged" in extra:
             self.averaged.load_state_dict(extra["averaged"])
-        set_rng_state(extra["rng"])
+        set_rng_state(extra["rng"], self.runtime.device)
         self.epoch, self.step, self.batch_in_epoch, self.elapsed = st["epoch"], st["step"], st["batch_in_epoch"], st["elapsed"]
         self.best_cer, self.history, self.epoch_rng_state = st["best_cer"], st["history"], st["epoch_rng"]
         self.lr_factor, self.rewinds = st.get("lr_factor", 1.0), st.get("rewinds", 0)

@@ -72,23 +72,27 @@ def run_feature_settings(run_dir: str | Path) -> tuple[FeatureConfig, float | No
 @torch.no_grad()
 def transcribe(run_dir: str | Path, audio: Sequence[str | Path], beam: int = 1, ctc_weight: float | None = None,
                lm: str | Path | None = None, lm_weight: float = 0.3, batch_size: int = 16,
-               checkpoint: str = "best") -> list[str]:
+               checkpoint: str = "best", device: str = "auto") -> list[str]:
     """Transcripts of ``audio`` files by the run's ``checkpoint`` model, batched. Decoding as the run
     validated: joint CTC/attention greedy with the run's weight (``ctc_weight`` None); ``beam`` > 1
-    for beam search; ``lm``: shallow fusion with a character-level LM run at ``lm_weight``."""
+    for beam search; ``lm``: shallow fusion with a character-level LM run at ``lm_weight``.
+    ``device``: where the models run ('auto': a GPU when there is one, 'cpu', 'cuda', 'cuda:N')."""
+    from ..core.device import pick_runtime
     from .decode import decode_texts
     from .trainer import load_las
     if beam < 1 or batch_size < 1:
         raise InputError("beam/batch_size", f"{beam}/{batch_size}", "integers >= 1")
+    dev = pick_runtime(device, "fp32", device_where="device").device
     cfg, level = run_feature_settings(run_dir)
     model, vocab = load_las(run_dir, checkpoint)
+    model.to(dev)
     if cfg.n_bands != model.config.n_bands:
         raise InputError(str(Path(run_dir) / FEATURES_FILE), f"{cfg.n_bands} bands", f"{model.config.n_bands} as the model")
     fusion = None
     if lm is not None:
         from ..lm import load_model
         from .fusion import CharLMFusion
-        fusion = CharLMFusion(load_model(lm), vocab)
+        fusion = CharLMFusion(load_model(lm).to(dev), vocab)
     out = []
     for i in range(0, len(audio), batch_size):
         feats = [torch.from_numpy(audio_features(p, cfg, level)) for p in audio[i: i + batch_size]]

@@ -59,7 +59,7 @@ def time_training(trainer, warmup: int = 2, max_steps: int = 20, max_seconds: fl
     from .trainer import _lm_objective
     cfg, rt = trainer.config, trainer.runtime
     dev, o, d = rt.device, cfg.optim, cfg.data
-    saved = rng_state()
+    saved = rng_state(dev)
     model = copy.deepcopy(trainer.model).train()
     opt = build_optimizer(model.parameters(), o)
     rows = trainer.loader.iterator.rows
@@ -107,7 +107,7 @@ def time_training(trainer, warmup: int = 2, max_steps: int = 20, max_seconds: fl
             plot_curves(Path(tmp) / "loss.png", {"train": ([0, 1], [1.0, 0.5]), "dev": ([1], [0.7])}, xlabel="step")
         extra_s = time.perf_counter() - t
     finally:
-        set_rng_state(saved)
+        set_rng_state(saved, dev)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return {"step_s": step_s, "val_s": val_s, "extra_s": extra_s, "timed_steps": n, "bptt": bptt}

@@ -109,7 +109,8 @@ class NTASGD:
 
     def _n_avg_tensor(self, device) -> torch.Tensor:
         if not isinstance(self._n_avg, torch.Tensor):
-            self._n_avg = torch.tensor(float(self._n_avg), dtype=torch.float64, device=device)
+            # torch.full, not torch.tensor(value, device=...): that one copies from the host and waits
+            self._n_avg = torch.full((), float(self._n_avg), dtype=torch.float64, device=device)
         return self._n_avg
 
     @property

@@ -241,7 +241,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
         if not self.dist.main:                       # the hidden state of all streams is gathered on rank 0
             barrier(self.dist)                       # which writes; then every rank may read it (rewinds)
             return
-        extra = {"optim": self.opt.state_dict(), "rng": rng_state(), "hidden": hidden}
+        extra = {"optim": self.opt.state_dict(), "rng": rng_state(self.runtime.device), "hidden": hidden}
         state = {"epoch": self.epoch, "step": self.step, "val_losses": self.val_losses,
                  "train_losses": self.train_losses, "best_val": self.best_val, "elapsed": self.elapsed,
                  "loader": self.loader.iterator.state_dict(), "lr_factor": self.lr_factor, "rewinds": self.rewinds,
@@ -260,7 +260,7 @@ class LanguageModelTrainer(RewindOnNonFinite):
         check_state(st["loader"], where + ": loader", {"pos": (int, 0, self.loader.iterator.rows.size(1))})
         load_module_weights(self.model, weights, str(self.run.checkpoint_dir))
         self.opt.load_state_dict(extra["optim"])
-        set_rng_state(extra["rng"])
+        set_rng_state(extra["rng"], self.runtime.device)
         rows = self.dist.rows(self.loader.batch_size)    # the saved state holds every stream: take ours
         self.hidden = [tuple(t[:, rows] for t in h) for h in extra["hidden"]] or None
         self.epoch, self.step, self.elapsed = st["epoch"], st["step"], st["elapsed"]

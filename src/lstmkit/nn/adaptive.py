@@ -25,7 +25,9 @@ def adaptive_target_logprob(asm: nn.AdaptiveLogSoftmaxWithLoss, h: torch.Tensor,
     """Per-token ``log p(target)`` (M,) fp32 under ``asm``; see :func:`adaptive_nll`."""
     if targets.dim() != 1 or targets.numel() != h.size(0):
         raise ValueError(f"targets: expected shape ({h.size(0)},), got {tuple(targets.shape)}")
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= asm.n_classes):
+    # the range check reads two numbers back: on a GPU that would wait for every queued kernel at
+    # each step, so it runs on host data only (a GPU's gather below still refuses a bad id)
+    if targets.numel() and targets.device.type == "cpu" and (int(targets.min()) < 0 or int(targets.max()) >= asm.n_classes):
         raise ValueError(f"targets: expected ids in [0, {asm.n_classes - 1}], "
                          f"found [{int(targets.min())}, {int(targets.max())}]")
     head_logp = F.log_softmax(asm.head(h).float(), dim=1)                  # (M, shortlist + clusters)

@@ -88,6 +88,49 @@ def cudnn_layout(module: nn.LSTM, dtype: torch.dtype) -> FlatLayout:
     return FlatLayout.of_views(copies)
 
 
+def run_lstm(module: nn.LSTM, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None,
+             weights: list[torch.Tensor], layouts: dict, flat: bool, dropout: float, training: bool):
+    """One fused-kernel call of ``module``'s LSTM over ``x`` with ``weights`` (in the order of
+    ``module._flat_weights``: the module's own, or with a dropped ``weight_hh``). Returns
+    ``(out, (h, c))`` like ``nn.LSTM``; ``hx`` None starts from zeros.
+
+    - ``flat``: the weights are written into one buffer laid out as cuDNN expects (the layout is
+      asked of cuDNN once per device and dtype and kept in ``layouts``), so cuDNN takes them
+      without copying; on a CPU the layout is the packed one.
+    - Under autocast on CUDA the kernel gets input, state and weights already in the autocast
+      dtype, with autocast off: CUDA autocast's own rule for cuDNN RNNs casts them to fp16 whatever
+      dtype autocast was given (PyTorch's ``aten/src/ATen/cudnn/AutocastRNN.cpp``), i.e. bf16
+      autocast would train the LSTMs in fp16 with no loss scaling. CPU autocast is left as it is.
+    - ``dropout`` between layers applies when ``training``. The kernel runs in training mode also
+      when the call will be differentiated in eval mode (dynamic evaluation): cuDNN's backward
+      refuses a forward run in inference mode.
+    """
+    if hx is None:
+        n = x.size(0) if module.batch_first else x.size(1)
+        shape = (module.num_layers * (2 if module.bidirectional else 1), n, module.hidden_size)
+        zeros = x.new_zeros(shape)
+        hx = (zeros, zeros)
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
+    args = (module.bias, module.num_layers, dropout if training else 0.0, training or grad, module.bidirectional,
+            module.batch_first)
+    dev = x.device.type
+    autocast = dev == "cuda" and torch.is_autocast_enabled(dev)
+    if not flat and not autocast:
+        out, h, c = torch.lstm(x, hx, weights, *args)
+        return out, (h, c)
+    dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weights[0].dtype
+    if flat:
+        key = (str(x.device), dt)
+        if key not in layouts:
+            layouts[key] = cudnn_layout(module, dt) if dev == "cuda" else FlatLayout.packed(module._flat_weights)
+        weights = layouts[key].build(weights, dt)
+    else:
+        weights = [w.to(dt) for w in weights]
+    with torch.autocast(dev, enabled=False):       # everything is already in `dt`
+        out, h, c = torch.lstm(x.to(dt), (hx[0].to(dt), hx[1].to(dt)), weights, *args)
+    return out, (h.to(hx[0].dtype), c.to(hx[1].dtype))
+
+
 class WeightDrop(nn.Module):
     """Wrap an ``nn.LSTM`` (any layers, uni/bidirectional) with DropConnect of rate ``p`` on every
     hidden-to-hidden matrix. Same call signature as the LSTM; deterministic in eval.
@@ -134,30 +177,9 @@ class WeightDrop(nn.Module):
         """Whether this call builds the flat buffer (see ``flat``)."""
         return self.flat == "always" or (self.flat == "auto" and device.type == "cuda")
 
-    def layout(self, device: torch.device, dtype: torch.dtype) -> FlatLayout:
-        key = (str(device), dtype)
-        if key not in self._layouts:
-            self._layouts[key] = cudnn_layout(self.module, dtype) if device.type == "cuda" \
-                else FlatLayout.packed(self.module._flat_weights)
-        return self._layouts[key]
-
     def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
-        m = self.module
-        if hx is None:
-            n = x.size(0) if m.batch_first else x.size(1)
-            shape = (m.num_layers * (2 if m.bidirectional else 1), n, m.hidden_size)
-            zeros = x.new_zeros(shape)
-            hx = (zeros, zeros)
-        weights = self.flat_weights()
-        args = (m.bias, m.num_layers, m.dropout if self.training else 0.0, self.training, m.bidirectional, m.batch_first)
-        if not self.use_flat_buffer(x.device):
-            out, h, c = torch.lstm(x, hx, weights, *args)
-            return out, (h, c)
-        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else weights[0].dtype
-        views = self.layout(x.device, dt).build(weights, dt)
-        with torch.autocast(x.device.type, enabled=False):   # everything is already in `dt`
-            out, h, c = torch.lstm(x.to(dt), (hx[0].to(dt), hx[1].to(dt)), views, *args)
-        return out, (h.to(hx[0].dtype), c.to(hx[1].dtype))
+        return run_lstm(self.module, x, hx, self.flat_weights(), self._layouts, self.use_flat_buffer(x.device),
+                        self.module.dropout, self.training)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, flat={self.flat!r}"
