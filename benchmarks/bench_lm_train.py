@@ -246,6 +246,7 @@ def bench_fastai(c, rt, x, y, steps, sync):
                    input_p=c.p("dropouti_p"), embed_p=c.p("dropoute_p"), weight_p=c.p("wdrop_p"))
     dec = LinearDecoder(c.vocab_size, c.emb_size, output_p=c.p("dropout_p"), tie_encoder=enc.encoder)
     model = nn.Sequential(enc, dec).to(rt.device).train()
+    enc.reset()   # its hidden state, made at construction on the CPU, on rt.device (fastai's Learner resets at fit)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
 
     def step():

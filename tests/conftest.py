@@ -77,7 +77,7 @@ class HostReads:
     names = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
 
     def __init__(self, refuse: bool = False):
-        self.refuse, self.n = refuse, 0
+        self.refuse, self.n, self.depth = refuse, 0, 0
 
     def __enter__(self):
         import torch
@@ -87,8 +87,12 @@ class HostReads:
             def f(t, *a, **k):
                 if self.refuse:
                     raise AssertionError("host read of a tensor inside the step")
-                self.n += 1
-                return self.saved[name](t, *a, **k)
+                self.n += self.depth == 0        # a conversion that calls another (float -> item) reads once
+                self.depth += 1
+                try:
+                    return self.saved[name](t, *a, **k)
+                finally:
+                    self.depth -= 1
             return f
         for name in self.names:
             setattr(torch.Tensor, name, wrapped(name))

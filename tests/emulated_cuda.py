@@ -13,10 +13,14 @@ code around them:
   ``load_file(device="cuda")`` put every tensor on the device (``torch.save`` stores plain ones);
 - sampling on the device with a CPU ``torch.Generator`` raises;
 - an LSTM forward in inference mode that autograd records raises (cuDNN's backward refuses it);
-- ``pin_memory()`` of a non-contiguous view raises (it would pin the whole storage it spans).
+- ``pin_memory()`` of a non-contiguous view raises (it would pin the whole storage it spans);
+- with ``torch.cuda.set_sync_debug_mode("error")``, what makes the host wait for a GPU raises:
+  reading values or copying them to the host, data-dependent sizes (``nonzero``, mask indexing),
+  blocking copies to the device (``torch.tensor(..., device="cuda")``, ``.to("cuda")`` without
+  ``non_blocking``).
 
 What it cannot emulate: CUDA kernels and their limits (cuDNN, CUDA autocast's bf16 ops: precision
-``auto`` resolves to fp32 here), streams and host synchronisation, several devices. The cuDNN weight
+``auto`` resolves to fp32 here), streams, several devices. The cuDNN weight
 layout is replaced by the packed one (the flat-buffer path still runs). Those need a real GPU.
 """
 from __future__ import annotations
@@ -61,9 +65,14 @@ class OnGPU(torch.Tensor):
         if name in ("torch.Tensor.numpy", "torch.Tensor.__array__"):
             raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
                             "to host memory first.")
+        if SYNC_MODE[0] == "error" and _reads_back(name, args, kwargs):
+            raise RuntimeError(f"called a synchronizing CUDA operation: {name}")
+        packed = "pack_padded_sequence" in name or "pad_packed_sequence" in name or \
+            (name == "torch.lstm" and isinstance(args[1], torch.Tensor))
         if name not in _MIXING_ALLOWED and "shallow_copy" not in name and "swap" not in name:
+            checked = (args[0],) + tuple(args[2:]) if packed else args    # packed lengths/batch sizes: host data on CUDA too
             if any(isinstance(t, torch.Tensor) and not isinstance(t, OnGPU) and t.dim() > 0
-                   for t in tree_leaves((args, kwargs))):
+                   for t in tree_leaves((checked, kwargs))):
                 raise RuntimeError(f"{name}: Expected all tensors to be on the same device, but found at least two "
                                    "devices, cuda:0 and cpu!")
         with torch._C.DisableTorchFunctionSubclass():
@@ -72,6 +81,8 @@ class OnGPU(torch.Tensor):
             return tree_map(plain, out)
         if name == "torch.Tensor.__setitem__":
             return out
+        if packed and "lstm" not in name:                     # (data on the device, sizes on the host)
+            return (torch._tensor._convert(out[0], cls),) + tuple(out[1:])
         return torch._tensor._convert(out, cls)
 
 
@@ -86,6 +97,22 @@ class OnGPU(torch.Tensor):
             out.requires_grad_(True)
         memo[id(self)] = out
         return out
+
+
+_READS = {f"torch.Tensor.{m}" for m in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu",
+                                         "nonzero", "masked_select", "unique", "__repr__", "__format__")} | \
+    {"torch.nonzero", "torch.masked_select", "torch.unique", "torch.argwhere", "torch.Tensor.argwhere"}
+
+
+def _reads_back(name: str, args, kwargs) -> bool:
+    """Whether a call on a device tensor makes the host wait for the GPU (what CUDA's sync debug
+    mode reports): reading values, copying to the host, ops whose output size depends on the data
+    (``nonzero``, boolean-mask indexing)."""
+    if name in _READS or (name == "torch.Tensor.to" and _target(args, kwargs) == "cpu"):
+        return True
+    if name == "torch.Tensor.__getitem__":
+        return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in tree_leaves(args[1:]))
+    return False
 
 
 def plain(t):
@@ -131,6 +158,8 @@ class _Mode(TorchFunctionMode):
         kwargs.pop("pin_memory", None)             # page-locked host memory: nothing to emulate
         if name in ("torch.Tensor.to", "torch.Tensor.cuda") and (name == "torch.Tensor.cuda" or _target(args, kwargs) == "cuda"):
             rest = ["cpu" if _is_cuda(a) else plain(a) for a in args[1:]] if name == "torch.Tensor.to" else []
+            if SYNC_MODE[0] == "error" and not isinstance(args[0], OnGPU) and not kwargs.get("non_blocking"):
+                raise RuntimeError("called a synchronizing CUDA operation: a blocking copy to the GPU")
             kwargs.pop("non_blocking", None)
             if "device" in kwargs:
                 kwargs["device"] = "cpu"
@@ -140,6 +169,9 @@ class _Mode(TorchFunctionMode):
         if name == "torch.lstm":
             _check_cudnn_lstm(args)
         gpu = _is_cuda(kwargs.get("device"))
+        if gpu and SYNC_MODE[0] == "error" and name in ("torch.tensor", "torch.as_tensor") and \
+                not isinstance(args[0], OnGPU):         # copies host data with a blocking copy
+            raise RuntimeError(f"called a synchronizing CUDA operation: {name}(..., device='cuda')")
         if gpu:
             kwargs["device"] = "cpu"
             g = kwargs.get("generator")
@@ -157,7 +189,12 @@ def _set_rng_state_host_only(real):
     return set_state
 
 
+SYNC_MODE = ["default"]     # torch.cuda.set_sync_debug_mode: "error" makes every host wait raise
 CUDA_RNG = [torch.zeros(16, dtype=torch.uint8)]   # the emulated GPU generator's state (draws use the CPU's)
+
+
+def _set_sync_mode(mode) -> None:
+    SYNC_MODE[0] = {0: "default", 1: "warn", 2: "error"}.get(mode, mode)
 
 
 def _set_cuda_rng_state(state, device="cuda"):
@@ -192,6 +229,21 @@ def _loader(real, key):
 _save = torch.save
 
 
+def _grouping(real):
+    """PyTorch's grouping of tensors by (device, dtype) for its multi-tensor kernels keys by the real
+    device (the CPU here); key the groups of device tensors by ``cuda:0``, as on a GPU, so that what
+    PyTorch moves "to the group's device" (clipping's norms) stays there."""
+    def group(tensorlistlist, with_indices=False):
+        out = real(tensorlistlist, with_indices)
+        fixed = {}
+        for (device, dtype), value in out.items():
+            lists = value[0]
+            gpu = any(isinstance(t, OnGPU) for t in lists[0] if t is not None) if lists and lists[0] else False
+            fixed[(CUDA if gpu else device, dtype)] = value
+        return fixed
+    return group
+
+
 def _swapping(real):
     """``Module._apply`` (``.to``, ``.cuda``) that swaps parameters for the converted ones, so that
     they become :class:`OnGPU` tensors (assigning ``.data`` would keep the plain tensor type)."""
@@ -214,6 +266,10 @@ def emulated_cuda():
     import lstmkit.nn.weight_drop as weight_drop
     patches = [
         mock.patch.object(torch.nn.Module, "_apply", _swapping(torch.nn.Module._apply)),
+        mock.patch("torch.nn.utils.clip_grad._group_tensors_by_device_and_dtype",
+                   _grouping(torch.utils._foreach_utils._group_tensors_by_device_and_dtype)),
+        mock.patch("torch.optim.optimizer._group_tensors_by_device_and_dtype",
+                   _grouping(torch.utils._foreach_utils._group_tensors_by_device_and_dtype)),
         mock.patch("torch.cuda.is_available", lambda: True),
         mock.patch("torch.cuda.device_count", lambda: 1),
         mock.patch("torch.cuda.current_device", lambda: 0),
@@ -222,6 +278,11 @@ def emulated_cuda():
         mock.patch("torch.cuda.is_bf16_supported", lambda *a, **k: False),            # auto = fp32 (no autocast here)
         mock.patch("torch.cuda.synchronize", lambda device=None: None),
         mock.patch("torch.cuda.empty_cache", lambda: None),
+        mock.patch("torch.cuda.reset_peak_memory_stats", lambda device=None: None),
+        mock.patch("torch.cuda.memory_allocated", lambda device=None: 0),
+        mock.patch("torch.cuda.max_memory_allocated", lambda device=None: 0),
+        mock.patch("torch.cuda.set_sync_debug_mode", _set_sync_mode),
+        mock.patch("torch.cuda.get_sync_debug_mode", lambda: {"default": 0, "warn": 1, "error": 2}[SYNC_MODE[0]]),
         mock.patch("torch.cuda.get_rng_state", lambda device="cuda": CUDA_RNG[0].clone()),
         mock.patch("torch.cuda.set_rng_state", _set_cuda_rng_state),
         mock.patch("torch.set_rng_state", _set_rng_state_host_only(torch.set_rng_state)),
@@ -235,4 +296,7 @@ def emulated_cuda():
         for p in patches:
             stack.enter_context(p)
         stack.enter_context(_Mode())
-        yield
+        try:
+            yield
+        finally:
+            SYNC_MODE[0] = "default"

@@ -72,6 +72,8 @@ def test_the_emulated_gpu_refuses_what_a_gpu_refuses():
             lstm(x.view(1, 3, 4))[0].sum().backward()
         with torch.no_grad():
             lstm(x.view(1, 3, 4))                                          # inference itself is fine
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x.view(1, 3, 4), torch.tensor([3]), batch_first=True)
+        assert packed.data.device.type == "cuda" and packed.batch_sizes.device.type == "cpu"   # as on CUDA
         with pytest.raises(AssertionError, match="pin"):
             torch.zeros(4, 6)[:, 1:3].pin_memory()
     assert not torch.cuda.is_available() and type(torch.zeros(1).to("cpu")) is torch.Tensor

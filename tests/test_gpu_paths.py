@@ -14,6 +14,17 @@ from lstmkit.nn.weight_drop import FlatLayout, WeightDrop
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NO_REAL_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="uses the emulated GPU (tests/emulated_cuda.py)")
+# "emulated": the GPU of tests/emulated_cuda.py, on machines without a real one
+WITH_EMULATED = DEVICES + ([] if torch.cuda.is_available() else ["emulated"])
+
+
+def on(device: str):
+    """(the device a config names, the context it runs in) for a DEVICES / WITH_EMULATED value."""
+    import contextlib
+    if device != "emulated":
+        return device, contextlib.nullcontext()
+    from emulated_cuda import emulated_cuda
+    return "cuda", emulated_cuda()
 
 
 def test_flat_layout_views_share_one_buffer_in_any_order_with_gaps():
@@ -376,34 +387,38 @@ def train_without_host_reads(trainer, device, run_epoch):
         guard.__exit__()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", WITH_EMULATED)
 def test_lm_training_steps_read_nothing_back_between_sync_points(small_corpus, tmp_path, device):
     """The whole LM step - batch to the device, dropout masks, WeightDrop, loss, AR/TAR, clipping,
     the finiteness guard, NT-ASGD - runs without a host read; only the trainer's read of the
     pending losses (at log points and the epoch's end) does one."""
     from conftest import tiny_config
     from lstmkit.lm import LanguageModelTrainer
+    device, context = on(device)
     cfg = tiny_config(small_corpus, tmp_path / "runs", log_every=1000, evals_per_epoch=1, device=device)
-    t = LanguageModelTrainer.from_config(cfg, run_id="r")
-    t.opt.start_averaging()                       # the averaging update runs inside the step too
-    train_without_host_reads(t, device, t.train)
+    with context:
+        t = LanguageModelTrainer.from_config(cfg, run_id="r")
+        t.opt.start_averaging()                   # the averaging update runs inside the step too
+        train_without_host_reads(t, device, t.train)
     assert t.step > 20 and t.epoch_loss[1] == 0 and math.isfinite(t.train_losses[-1])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", WITH_EMULATED)
 def test_las_training_steps_read_nothing_back_between_sync_points(tmp_path, monkeypatch, device):
     """The LAS step likewise, without the CTC head (PyTorch's CUDA ctc_loss copies its length
     tables with blocking copies, documented in docs/gpu.md)."""
     import lstmkit.las.trainer as lt
     from test_las import tiny_las_config
     monkeypatch.setattr(lt, "SETTLE_EVERY", 10 ** 6)
+    device, context = on(device)
     cfg = tiny_las_config(tmp_path / "runs", epochs=1, precision="fp32", n_plots=0, device=device)
     cfg.data.toy.n_train, cfg.data.toy.n_val = 96, 8
     cfg.model.listener_hidden = cfg.model.speller_hidden = 16
     cfg.model.ctc_weight = 0.0
     cfg.optim.tf_floor, cfg.optim.tf_start = 0.5, 0.5          # the sampling of own predictions too
-    t = lt.LASTrainer(cfg, run_id="r")
-    train_without_host_reads(t, device, t.train_epoch)
+    with context:
+        t = lt.LASTrainer(cfg, run_id="r")
+        train_without_host_reads(t, device, t.train_epoch)
     assert t.step == 3 and t.epoch == 1 and math.isfinite(t.last_train_ce)
 
 
