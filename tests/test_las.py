@@ -412,3 +412,23 @@ def test_weight_averaging_validates_and_keeps_the_averaged_weights_as_best(tmp_p
     last, _ = load_las(tmp_path / "ema", "last")                           # last = the raw weights (resume)
     assert all(torch.equal(last.state_dict()[k], raw[k].cpu()) for k in raw)
     assert trainer.eval_model is trainer.averaged.module
+
+
+def test_validation_attention_is_cut_at_the_listener_lengths_under_a_pyramid(tmp_path):
+    """With pyramid layers the attention's columns are listener frames (each 2**P input frames):
+    each utterance's matrix is cut at its listener length, and the alignment metric compares peaks
+    with the character spans divided down to listener frames (they were in input frames)."""
+    from lstmkit.las.metrics import listener_spans
+    cfg = tiny_las_config(tmp_path / "runs", epochs=1, precision="fp32", n_plots=0, threads=1)
+    cfg.data.toy.n_train, cfg.data.toy.n_val = 32, 8
+    cfg.model.listener_hidden = cfg.model.speller_hidden = 16
+    cfg.model.key_size = cfg.model.embed_size = 8
+    cfg.model.pyramid_layers = 2
+    t = LASTrainer(cfg, run_id="r")
+    out = t.evaluate()
+    _, _, atts = t._last
+    frames = [int(torch.clamp(torch.clamp(torch.tensor(u.features.shape[0]) // 2, min=1) // 2, min=1))
+              for u in t.val_set.utts]
+    assert [a.shape[1] for a in atts] == frames
+    assert 0.0 <= out["alignment_accuracy"] <= 1.0
+    assert listener_spans([(0, 4), (4, 10)], 4) == [(0, 1), (1, 3)]
