@@ -29,6 +29,13 @@ def _train_flags(t, run_id_help: str) -> None:
                    "(repeatable)")
 
 
+def _export(sub, about: str, run: str, example: str) -> None:
+    x = sub.add_parser("export", help=about)
+    x.add_argument("run", help=run)
+    x.add_argument("out", help=f"the file to write, e.g. {example}")
+    x.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint to export")
+
+
 def _device(p) -> None:
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
 
@@ -100,10 +107,8 @@ def build_parser(funcs: dict) -> argparse.ArgumentParser:
     _device(g)
     _threads(g)
 
-    x = lm.add_parser("export", help="one TorchScript file that plain PyTorch loads (torch.jit.load), vocabulary inside")
-    x.add_argument("run", help="a language-model run folder")
-    x.add_argument("out", help="the file to write, e.g. lm.pt")
-    x.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint to export")
+    _export(lm, "one TorchScript file that plain PyTorch loads (torch.jit.load), vocabulary inside",
+            "a language-model run folder", "lm.pt")
 
     top.add_parser("configs", help="list the built-in configs (--config NAME)")
     las = top.add_parser("las", help="Listen, Attend and Spell").add_subparsers(dest="cmd", required=True)
@@ -172,10 +177,7 @@ def build_parser(funcs: dict) -> argparse.ArgumentParser:
     _device(tr)
     _threads(tr)
 
-    x = las.add_parser("export", help="one TorchScript file (methods listen and step) that plain PyTorch loads")
-    x.add_argument("run", help="a LAS run folder")
-    x.add_argument("out", help="the file to write, e.g. las.pt")
-    x.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint to export")
+    _export(las, "one TorchScript file (methods listen and step) that plain PyTorch loads", "a LAS run folder", "las.pt")
 
     pl = las.add_parser("plot", help="labelled re-plots of a run's attention.npy into attention_plots/replot/")
     pl.add_argument("run", help="a LAS run folder")
