@@ -19,8 +19,8 @@ code around them:
   blocking copies to the device (``torch.tensor(..., device="cuda")``, ``.to("cuda")`` without
   ``non_blocking``).
 
-What it cannot emulate: CUDA kernels and their limits (cuDNN, CUDA autocast's bf16 ops: precision
-``auto`` resolves to fp32 here), streams, several devices. The cuDNN weight
+What it cannot emulate: CUDA kernels and their limits (cuDNN; CUDA autocast only as a casting
+policy, with ``amp=True``: tests/emulated_autocast.py), streams, several devices. The cuDNN weight
 layout is replaced by the packed one (the flat-buffer path still runs). Those need a real GPU.
 """
 from __future__ import annotations
@@ -258,8 +258,11 @@ def _swapping(real):
 
 
 @contextlib.contextmanager
-def emulated_cuda():
-    """PyTorch with one emulated CUDA device, for the block (everything is restored after)."""
+def emulated_cuda(amp: bool = False):
+    """PyTorch with one emulated CUDA device, for the block (everything is restored after).
+
+    ``amp``: a GPU with bf16 units (precision ``auto`` resolves to bf16) and CUDA autocast's casting
+    policy applied to the emulated tensors (tests/emulated_autocast.py)."""
     import safetensors.torch
 
     import lstmkit.core.checkpoint as checkpoint
@@ -274,8 +277,8 @@ def emulated_cuda():
         mock.patch("torch.cuda.device_count", lambda: 1),
         mock.patch("torch.cuda.current_device", lambda: 0),
         mock.patch("torch.cuda.set_device", lambda device: None),
-        mock.patch("torch.cuda.get_device_capability", lambda device=None: (7, 5)),   # no bf16 units: precision
-        mock.patch("torch.cuda.is_bf16_supported", lambda *a, **k: False),            # auto = fp32 (no autocast here)
+        mock.patch("torch.cuda.get_device_capability", lambda device=None: (9, 0) if amp else (7, 5)),
+        mock.patch("torch.cuda.is_bf16_supported", lambda *a, **k: amp),    # without amp: precision auto = fp32
         mock.patch("torch.cuda.synchronize", lambda device=None: None),
         mock.patch("torch.cuda.empty_cache", lambda: None),
         mock.patch("torch.cuda.reset_peak_memory_stats", lambda device=None: None),
@@ -296,6 +299,13 @@ def emulated_cuda():
         for p in patches:
             stack.enter_context(p)
         stack.enter_context(_Mode())
+        if amp:
+            import torch.utils.checkpoint as checkpointing
+
+            from emulated_autocast import AutocastMode, recompute_with_modes
+            stack.enter_context(mock.patch.object(checkpointing, "_run_fn_with_dynamo_disabled",
+                                                  recompute_with_modes(checkpointing._run_fn_with_dynamo_disabled)))
+            stack.enter_context(AutocastMode())
         try:
             yield
         finally:

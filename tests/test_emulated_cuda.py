@@ -174,3 +174,42 @@ def test_las_trains_resumes_and_decodes_on_a_gpu(tmp_path, capsys):
     cpu = cli_json(capsys, ["las", "decode", full.run.path, tmp_path / "toy" / "val", "--beam", 2, "--device", "cpu"],
                    "err")
     assert cpu["cer"] == pytest.approx(res["cer"])
+
+
+@pytest.mark.slow
+def test_both_models_train_under_cuda_bf16_autocast_with_no_lstm_left_to_its_fp16_rule(small_corpus, tmp_path):
+    """precision "auto" on a GPU with bf16 units is bf16 autocast. Under the emulated autocast
+    policy both trainers run (no dtype error anywhere: losses, AR/TAR, averaging, attention, CTC,
+    validation, checkpoints, test-time methods), and no LSTM call reaches CUDA autocast's cuDNN rule,
+    which would run it in fp16 without loss scaling."""
+    import emulated_autocast
+    emulated_autocast.EVENTS.clear()
+    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=1, threads=1, device="auto", precision="auto")
+    cfg.optim.average_last = 0.5
+    las = tiny_las_config(tmp_path / "runs", epochs=1, threads=1, n_plots=1, device="auto", precision="auto",
+                          val_ctc_weight=0.3)
+    las.data.toy.n_train, las.data.toy.n_val = 64, 8
+    las.model.listener_hidden = las.model.speller_hidden = 16
+    las.model.key_size = las.model.embed_size = 8
+    las.model.ctc_weight, las.model.pyramid_layers, las.optim.ema_decay = 0.3, 1, 0.9
+    with emulated_cuda(amp=True):
+        lm = LanguageModelTrainer.from_config(cfg, run_id="lm")
+        assert lm.runtime.amp_dtype == torch.bfloat16
+        res = lm.fit()
+        ev = cli_json_plain(["lm", "eval", lm.run.path, "--cache", "--dynamic-eval", "--precision", "bf16",
+                             "--n-contexts", 4, "--de-grad-batches", 2])
+        t = LASTrainer(las, run_id="las")
+        assert t.runtime.amp_dtype == torch.bfloat16
+        t.fit()
+    assert np.isfinite(res["test_loss"]) and np.isfinite(ev["dynamic_eval"]["ppl"])
+    assert all(np.isfinite(r["val_loss"]) for r in records(t.run.path, "valid"))
+    assert not [e for e in emulated_autocast.EVENTS if "cudnn_rnn" in e[0]], emulated_autocast.EVENTS
+
+
+def cli_json_plain(argv) -> dict:
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([str(a) for a in argv]) == 0
+    return json.loads(out.getvalue().strip().splitlines()[-1])

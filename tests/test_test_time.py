@@ -233,3 +233,16 @@ def _test_time_reads(device):
                 fn(s[:length])
             reads.append(c.n)
         assert reads[0] == reads[1] <= 4, (name, reads)
+
+
+def test_the_cache_scores_its_pointers_in_fp32_under_bf16_autocast():
+    """Under autocast (bf16 on CUDA, and on CPUs with bf16 units) the pointer logits theta * h_t.h_i
+    would be a bf16 product, 8 significant bits: the cache's log-probabilities must not change."""
+    g = torch.Generator().manual_seed(0)
+    h = 3 * torch.randn(2, 12, 16, generator=g)
+    y = torch.randint(0, 5, (2, 12), generator=g)
+    ref = NeuralCache(8, 0.9, 0.3).cache_logprob(h, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = NeuralCache(8, 0.9, 0.3).cache_logprob(h, y)
+    assert amp.dtype == torch.float32 and torch.equal(amp.isfinite(), ref.isfinite())
+    assert torch.equal(amp[ref.isfinite()], ref[ref.isfinite()])

@@ -27,7 +27,7 @@ def temporal_activation_regularization(raw: torch.Tensor, beta: float) -> torch.
     """TAR: ``beta * mean((h_t - h_{t+1}) ** 2)`` on the last layer's *raw* outputs (N, T, H)."""
     if raw.size(1) < 2:
         return raw.new_zeros((), dtype=torch.float32)
-    return beta * (raw[:, 1:] - raw[:, :-1]).float().pow(2).mean()
+    return beta * (raw[:, 1:].float() - raw[:, :-1].float()).pow(2).mean()     # the difference in fp32 too
 
 
 def should_switch_to_asgd(val_losses: Sequence[float], nonmono: int) -> bool:
