@@ -119,7 +119,6 @@ class AutocastMode(TorchFunctionMode):
             return func(*args, **kwargs)
         base = _base(name)
         on = torch.is_autocast_enabled("cuda") and any(isinstance(t, OnGPU) for t in tree_leaves((args, kwargs)))
-        policy = None
         if on and "out" not in kwargs:
             low = torch.get_autocast_dtype("cuda")
             if base in ("lstm",):                                   # _cudnn_rnn: AutocastRNN.cpp casts to fp16
@@ -131,20 +130,18 @@ class AutocastMode(TorchFunctionMode):
                     for i in idx:
                         args[i] = _cast(args[i], torch.float16)
                     args = tuple(args)
-                    policy = "cudnn_rnn_fp16"
             elif base == "binary_cross_entropy":
                 EVENTS.append(("banned", name, _dtypes((args, kwargs)), _where()))
                 raise RuntimeError("torch.nn.functional.binary_cross_entropy and torch.nn.BCELoss are unsafe to autocast.")
             elif base in _LOWER:
-                args, kwargs, policy = _cast(args, low), _cast(kwargs, low), "lower"
+                args, kwargs = _cast(args, low), _cast(kwargs, low)
             elif base in _FP32:
-                args, kwargs, policy = _cast(args, torch.float32), _cast(kwargs, torch.float32), "fp32"
+                args, kwargs = _cast(args, torch.float32), _cast(kwargs, torch.float32)
             elif base in _FP32_SET_OPT_DTYPE:
                 first = args[0] if args else kwargs.get("input")
                 has_dtype = kwargs.get("dtype") is not None or any(isinstance(a, torch.dtype) for a in args[1:])
                 if _eligible(first) and not has_dtype:
                     kwargs["dtype"] = torch.float32
-                    policy = "fp32_set_opt_dtype"
             elif base in _PROMOTE:
                 ts = [t for t in tree_leaves((args, kwargs)) if _eligible(t)]
                 cur = low
@@ -154,18 +151,14 @@ class AutocastMode(TorchFunctionMode):
                     elif not (cur == low and t.dtype == low):
                         EVENTS.append(("promote error", name, _dtypes(ts), _where()))
                         raise RuntimeError("Unexpected floating ScalarType in at::autocast::prioritize")
-                args, kwargs, policy = _cast(args, cur), _cast(kwargs, cur), "promote"
+                args, kwargs = _cast(args, cur), _cast(kwargs, cur)
         if base in ("lstm", "lstm_cell"):
             x, hx, params = _lstm_tensors(args) if base == "lstm" else (args[0], args[1], args[2:])
             fl = [t for t in tree_leaves((x, hx, params)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
             kinds = {t.dtype for t in fl}
             if len(kinds) == 1 and next(iter(kinds)) in (torch.bfloat16, torch.float16):
-                out = _fp32_compute(func, args, kwargs, next(iter(kinds)))
-            else:
-                out = func(*args, **kwargs)
-        else:
-            out = func(*args, **kwargs)
-        return out
+                return _fp32_compute(func, args, kwargs, next(iter(kinds)))
+        return func(*args, **kwargs)
 
 
 def recompute_with_modes(real):

@@ -36,7 +36,6 @@ CUDA = torch.device("cuda", 0)
 _MIXING_ALLOWED = ("torch.Tensor.__getitem__", "torch.Tensor.__setitem__", "torch.Tensor.copy_", "torch.Tensor.to",
                    "torch.Tensor.cpu", "torch.Tensor.cuda", "torch.Tensor.set_", "torch.Tensor.index_put_",
                    "torch.Tensor.index_put")
-_CUDA_GENERATORS: set[int] = set()
 
 
 def _is_cuda(d) -> bool:
@@ -84,7 +83,6 @@ class OnGPU(torch.Tensor):
         if packed and "lstm" not in name:                     # (data on the device, sizes on the host)
             return (torch._tensor._convert(out[0], cls),) + tuple(out[1:])
         return torch._tensor._convert(out, cls)
-
 
     def __deepcopy__(self, memo):
         if id(self) in memo:
@@ -175,7 +173,7 @@ class _Mode(TorchFunctionMode):
         if gpu:
             kwargs["device"] = "cpu"
             g = kwargs.get("generator")
-            if g is not None and id(g) not in _CUDA_GENERATORS:
+            if g is not None and not getattr(g, "for_gpu", False):
                 raise RuntimeError("Expected a 'cuda' device type for generator but found 'cpu'")
         out = func(*args, **kwargs)
         return tree_map(on_gpu, out) if gpu else out
@@ -212,8 +210,7 @@ class _Generator(torch.Generator):
         return super().__new__(cls, device="cpu")
 
     def __init__(self, device="cpu"):
-        if _is_cuda(device):
-            _CUDA_GENERATORS.add(id(self))
+        self.for_gpu = _is_cuda(device)
 
 
 def _loader(real, key):
