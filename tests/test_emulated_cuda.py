@@ -108,6 +108,11 @@ def test_lm_trains_resumes_and_evaluates_on_a_gpu_as_on_a_cpu(small_corpus, tmp_
         resumed = LanguageModelTrainer.resume(cut.run.path)  # the checkpoint loads onto the device
         assert resumed.hidden[0][0].device.type == "cuda"
         res_resumed = resumed.fit()
+        late = records(full.run.path, "averaging")[0]["step"] + 3   # the average and its count on the device
+        cut2 = LanguageModelTrainer.from_config(copy.deepcopy(cfg), run_id="cut2")
+        stop_at(cut2, late)
+        cut2.fit()
+        res_resumed2 = LanguageModelTrainer.resume(cut2.run.path).fit()
         tuned = LanguageModelTrainer.finetune(full.run.path, run_id="ft", overrides={"train": {"epochs": 1}})
         tuned.fit()
         ev = ["lm", "eval", full.run.path, "--split", "test", "--cache", "--dynamic-eval", "--n-contexts", 4,
@@ -118,8 +123,8 @@ def test_lm_trains_resumes_and_evaluates_on_a_gpu_as_on_a_cpu(small_corpus, tmp_
         capsys.readouterr()
         assert main([str(a) for a in gen]) == 0
         gpu_text = capsys.readouterr().out
-    assert history(cut.run.path) == history(full.run.path)                  # exact resume on the GPU path
-    assert res_resumed["test_loss"] == res["test_loss"]
+    assert history(cut.run.path) == history(full.run.path) == history(cut2.run.path)   # exact resume on the GPU path
+    assert res_resumed["test_loss"] == res["test_loss"] == res_resumed2["test_loss"]
     assert records(full.run.path, "averaging") and records(cut.run.path, "averaging")
     # with the choices "auto" makes on a GPU (flat buffer, one cross-entropy over all logits), the
     # CPU run is the same computation: only where the tensors live differs
