@@ -271,7 +271,10 @@ def emulated_cuda(amp: bool = False):
         mock.patch("torch.optim.optimizer._group_tensors_by_device_and_dtype",
                    _grouping(torch.utils._foreach_utils._group_tensors_by_device_and_dtype)),
         mock.patch("torch.cuda.is_available", lambda: True),
+        mock.patch("torch.backends.cudnn.is_acceptable", lambda tensor: False),   # no cuDNN here (a CUDA build
+        mock.patch("torch.backends.cudnn.is_available", lambda: False),          # without a GPU has one)
         mock.patch("torch.cuda.device_count", lambda: 1),
+        mock.patch("torch.cuda.is_current_stream_capturing", lambda: False),
         mock.patch("torch.cuda.current_device", lambda: 0),
         mock.patch("torch.cuda.set_device", lambda device: None),
         mock.patch("torch.cuda.get_device_capability", lambda device=None: (9, 0) if amp else (7, 5)),
