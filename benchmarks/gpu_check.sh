@@ -51,6 +51,8 @@ curve() {   # validation perplexity against training seconds of run folder $1
 import json, sys
 from pathlib import Path
 run = Path(sys.argv[1])
+if not (run / "metrics.jsonl").is_file():
+    sys.exit(f"  no metrics.jsonl in {run}: the run ended before its first record (see its log)")
 for line in (run / "metrics.jsonl").read_text().splitlines():
     r = json.loads(line)
     if r["type"] == "fit_epochs":
