@@ -310,3 +310,15 @@ def emulated_cuda(amp: bool = False):
             yield
         finally:
             SYNC_MODE[0] = "default"
+
+
+# a test's device parameter: the real devices present, and "emulated" (this module's GPU) where
+# there is no real one
+WITH_EMULATED = ["cpu"] + (["cuda"] if torch.cuda.is_available() else ["emulated"])
+
+
+def on(device: str):
+    """``(the device a config names, the context to run in)`` for a :data:`WITH_EMULATED` value."""
+    if device != "emulated":
+        return device, contextlib.nullcontext()
+    return "cuda", emulated_cuda()

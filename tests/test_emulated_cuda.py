@@ -20,24 +20,11 @@ from lstmkit.errors import InputError
 from lstmkit.las import LASTrainer
 from lstmkit.lm import LanguageModelTrainer
 from test_las import tiny_las_config
+from test_resume_stop import history, records, stop_at
 
 
 # on a machine with a real GPU the device-parametrized tests run there instead
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the emulated GPU stands in for a missing one")
-
-
-def records(run, kind):
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
-
-
-def history(run):
-    steps = {r["step"]: r["step_loss"] for r in records(run, "train")}
-    valid = [(r["step"], r["val_loss"]) for r in records(run, "valid")]
-    return steps, valid
-
-
-def stop_at(trainer, step):
-    trainer._should_stop = lambda: trainer.step == step
 
 
 def cli_json(capsys, argv, stream: str = "out") -> dict:
@@ -173,7 +160,7 @@ def test_las_trains_resumes_and_decodes_on_a_gpu(tmp_path, capsys):
         cut.fit()
         LASTrainer.resume(cut.run.path).fit()
         res = cli_json(capsys, ["las", "decode", full.run.path, tmp_path / "toy" / "val", "--beam", 2], "err")
-    assert history(cut.run.path) == history(full.run.path)
+    assert history(cut.run.path)[:2] == history(full.run.path)[:2]
     assert res["n"] == 8 and 0 <= res["cer"]
     assert len(list((full.run.path / "attention_plots").rglob("*.png"))) >= 2
     cpu = cli_json(capsys, ["las", "decode", full.run.path, tmp_path / "toy" / "val", "--beam", 2, "--device", "cpu"],
@@ -182,7 +169,7 @@ def test_las_trains_resumes_and_decodes_on_a_gpu(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_both_models_train_under_cuda_bf16_autocast_with_no_lstm_left_to_its_fp16_rule(small_corpus, tmp_path):
+def test_both_models_train_under_cuda_bf16_autocast_with_no_lstm_left_to_its_fp16_rule(small_corpus, tmp_path, capsys):
     """precision "auto" on a GPU with bf16 units is bf16 autocast. Under the emulated autocast
     policy both trainers run (no dtype error anywhere: losses, AR/TAR, averaging, attention, CTC,
     validation, checkpoints, test-time methods), and no LSTM call reaches CUDA autocast's cuDNN rule,
@@ -201,8 +188,8 @@ def test_both_models_train_under_cuda_bf16_autocast_with_no_lstm_left_to_its_fp1
         lm = LanguageModelTrainer.from_config(cfg, run_id="lm")
         assert lm.runtime.amp_dtype == torch.bfloat16
         res = lm.fit()
-        ev = cli_json_plain(["lm", "eval", lm.run.path, "--cache", "--dynamic-eval", "--precision", "bf16",
-                             "--n-contexts", 4, "--de-grad-batches", 2])
+        ev = cli_json(capsys, ["lm", "eval", lm.run.path, "--cache", "--dynamic-eval", "--precision", "bf16",
+                               "--n-contexts", 4, "--de-grad-batches", 2])
         t = LASTrainer(las, run_id="las")
         assert t.runtime.amp_dtype == torch.bfloat16
         t.fit()
@@ -210,11 +197,3 @@ def test_both_models_train_under_cuda_bf16_autocast_with_no_lstm_left_to_its_fp1
     assert all(np.isfinite(r["val_loss"]) for r in records(t.run.path, "valid"))
     assert not [e for e in emulated_autocast.EVENTS if "cudnn_rnn" in e[0]], emulated_autocast.EVENTS
 
-
-def cli_json_plain(argv) -> dict:
-    import contextlib
-    import io
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main([str(a) for a in argv]) == 0
-    return json.loads(out.getvalue().strip().splitlines()[-1])

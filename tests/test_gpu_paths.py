@@ -9,22 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from emulated_cuda import WITH_EMULATED, on
 from lstmkit.lm.model import AWDLSTM, AWDLSTMConfig, choose_loss_path
 from lstmkit.nn.weight_drop import FlatLayout, WeightDrop
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NO_REAL_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="uses the emulated GPU (tests/emulated_cuda.py)")
-# "emulated": the GPU of tests/emulated_cuda.py, on machines without a real one
-WITH_EMULATED = DEVICES + ([] if torch.cuda.is_available() else ["emulated"])
-
-
-def on(device: str):
-    """(the device a config names, the context it runs in) for a DEVICES / WITH_EMULATED value."""
-    import contextlib
-    if device != "emulated":
-        return device, contextlib.nullcontext()
-    from emulated_cuda import emulated_cuda
-    return "cuda", emulated_cuda()
 
 
 def test_flat_layout_views_share_one_buffer_in_any_order_with_gaps():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import HostReads
+from emulated_cuda import WITH_EMULATED, on
 from lstmkit.errors import InputError
 from lstmkit.lm.cache import NeuralCache, cache_grid, cache_loss, cache_losses, stream_states
 from lstmkit.lm.dynamic_eval import DynamicEvalConfig, dynamic_eval_loss, gradient_rms
@@ -200,16 +201,15 @@ def test_dynamic_eval_settings_are_checked():
     assert DynamicEvalConfig(bptt=7).stats_bptt == 7 and DynamicEvalConfig(bptt=7, grad_bptt=3).stats_bptt == 3
 
 
-@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else ["emulated"]))
+@pytest.mark.parametrize("device", WITH_EMULATED)
 def test_test_time_methods_read_back_once_per_pass_not_per_segment(device):
     """Dynamic evaluation (sgd and rms, with the cache) and the cache alone keep their sums on the
     device: the number of host reads does not grow with the number of segments. On the emulated GPU
     of tests/emulated_cuda.py (machines without one) also: every tensor on the device, and the
     backward through the LSTM in eval mode allowed by cuDNN (its kernel run in training mode)."""
-    import contextlib
-    from emulated_cuda import emulated_cuda
-    with emulated_cuda() if device == "emulated" else contextlib.nullcontext():
-        _test_time_reads("cuda" if device == "emulated" else device)
+    device, context = on(device)
+    with context:
+        _test_time_reads(device)
 
 
 def _test_time_reads(device):
