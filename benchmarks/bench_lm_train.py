@@ -265,6 +265,41 @@ def bench_fastai(c, rt, x, y, steps, sync):
     return model, step, evaluate
 
 
+def profile_step(c, rt, x, y, steps: int, sync) -> None:
+    """Where the default row's training step spends its time: ``steps`` steps under torch.profiler,
+    the ops/kernels with the most self time, and per step the kernel launches and the calls that
+    make the host wait for the device (a step with none is free of host synchronisation)."""
+    from torch.profiler import ProfilerActivity, profile
+    model, step, _ = bench_lstmkit(c, rt, x, y, steps, sync)
+    for _ in range(2):
+        step()
+    sync()
+    cuda = rt.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    ev = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    top = sorted(ev, key=lambda e: getattr(e, key, 0), reverse=True)[:15]
+    total = sum(getattr(e, key, 0) for e in ev) or 1
+    print(f"# profile of {steps} training steps of the default row ({rt.device}): self {'device' if cuda else 'CPU'} time")
+    for e in top:
+        print(f"#   {100 * getattr(e, key, 0) / total:5.1f}%  {getattr(e, key, 0) / 1e3 / steps:8.2f} ms/step  "
+              f"{e.count // steps:5d} calls/step  {e.key[:90]}")
+    waits = {k: 0 for k in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")}
+    launches = 0
+    for e in ev:
+        if e.key in waits:
+            waits[e.key] += e.count
+        if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC"):
+            launches += e.count
+    if cuda:
+        print(f"# per step: {launches / steps:.0f} kernel launches; host waits: "
+              + ", ".join(f"{k} {v / steps:g}" for k, v in waits.items()) + " (the last sync() of the loop counts once)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/wt2-cpu.toml")
@@ -274,6 +309,8 @@ def main():
     ap.add_argument("--skip-fastai", action="store_true")
     ap.add_argument("--compile", action="store_true", help="add a row with the loss under torch.compile")
     ap.add_argument("--graph", action="store_true", help="add a row with the whole step in a CUDA graph (CUDA only)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the table, profile N training steps of the default row (top ops/kernels, launches, host waits)")
     ap.add_argument("--only", default="", help="comma list of rows to run: lstmkit,compile,graph,fp32,reference,fastai,fastai-bf16")
     args = ap.parse_args()
     over: dict = {}
@@ -351,6 +388,9 @@ def main():
         print(f"| {name} | {train:,.0f} | {train / ref_train:.2f} | {100 * mfu_t:.0f}% | {ev:,.0f} | {ev / ref_eval:.2f} | "
               f"{100 * mfu_e:.0f}% | {mem.mib:,.0f} |", flush=True)
         del model, step, evaluate
+    if args.profile:
+        profile_step(c, rt, x, y, args.profile, sync)
+
 
 if __name__ == "__main__":
     main()

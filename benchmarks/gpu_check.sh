@@ -2,7 +2,8 @@
 # The GPU checks of issue 18 for the `device` tool (one H200; 15 minutes of device time a session,
 # start-up included), in stages that each fit one call and leave time for the next:
 #   quick   (~4.5 min) env, CUDA-parametrized tests, LM training tokens/s against the 2017 reference
-#           and fastai (bench_lm_train.py on configs/wt2.toml; last, the step in a CUDA graph), LAS
+#           and fastai (bench_lm_train.py on configs/wt2.toml; last, the step in a CUDA graph; then a profile of
+#           the default step: top kernels, launches and host waits per step), LAS
 #           utterances/s (bench_las.py), dynamic evaluation tokens/s (bench_dynamic_eval.py), LAS toy
 #           for 60 s under bf16 (default)
 #   recipe  (~7.5 min) configs/wt2-gpu.toml: 6.5 minutes of training with the schedule fitted to the
@@ -78,8 +79,8 @@ for stage in $STAGES; do
         "tests/test_test_time.py::test_test_time_methods_read_back_once_per_pass_not_per_segment" \
         > "$LOGS/tests.txt" 2>&1
       say "## tests: $(tail -n 1 "$LOGS/tests.txt")"
-      timeout 150 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 --graph > "$LOGS/bench_lm.txt" 2>&1
-      say "## bench_lm_train.py --config $BENCH_CONFIG --steps 10 --graph (rc $?)"; grep -E '^[|#]' "$LOGS/bench_lm.txt" >> "$SUMMARY"
+      timeout 150 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 --graph --profile 5 > "$LOGS/bench_lm.txt" 2>&1
+      say "## bench_lm_train.py --config $BENCH_CONFIG --steps 10 --graph --profile 5 (rc $?)"; grep -E '^[|#]' "$LOGS/bench_lm.txt" >> "$SUMMARY"
       timeout 90 python3 benchmarks/bench_las.py --batches 10 > "$LOGS/bench_las.txt" 2>&1
       say "## bench_las.py --batches 10 (rc $?)"; grep -v '^\s*$' "$LOGS/bench_las.txt" | tail -n 5 >> "$SUMMARY"
       timeout 90 python3 benchmarks/bench_dynamic_eval.py --config "$BENCH_CONFIG" --segments 300 > "$LOGS/bench_de.txt" 2>&1

@@ -6,8 +6,12 @@ mode applies CUDA's casting policy to them instead, while ``torch.is_autocast_en
 the op lists come from PyTorch's ``ATen/autocast_mode.h`` (lower precision, fp32, fp32 with an
 output dtype, promote), keyed by the Python entry points' names, and ``torch.lstm`` with fp32
 weights is cast to **fp16** as ``ATen/cudnn/AutocastRNN.cpp`` does (recorded in :data:`EVENTS`).
-This CPU may have no bf16 LSTM kernel, so LSTM calls whose tensors are all bf16/fp16 compute in
-fp32 and return that dtype: the dtype flow is emulated, not the rounding. Found with it: dtype
+The numbers are rounded where the GPU rounds them, at fp32 speed (a CPU without bf16 units runs a
+bf16 matmul ~60x slower): a matrix product in the lower dtype takes its rounded inputs, computes
+in fp32 and rounds its result once, as a GPU GEMM accumulating in fp32 does; ``lstm_cell`` rounds
+its two gate products and its outputs ``h`` and ``c`` (CUDA's fused cell keeps nothing else
+between steps); a whole-sequence LSTM whose tensors are all bf16/fp16 rounds its inputs, weights
+and outputs, not its steps in between (cuDNN's are not emulated). Found with it: dtype
 errors under bf16 on CUDA would show as exceptions; the neural cache's pointer scores and TAR's
 difference ran in bf16 (both now fp32).
 """
@@ -92,8 +96,11 @@ def _dtypes(tree) -> tuple:
 
 
 def _fp32_compute(func, args, kwargs, dtype):
-    """Run an LSTM op whose floating inputs are all ``dtype`` (bf16/fp16) in fp32 and cast its
-    floating outputs back to ``dtype``: this CPU has no bf16 LSTM kernel (dtype flow, not rounding)."""
+    """Run an op on inputs already rounded to ``dtype`` (bf16/fp16) in fp32 and round its floating
+    outputs to ``dtype``. For a matrix product this is what a GPU's bf16/fp16 GEMM computes (products
+    accumulated in fp32, the result rounded once) up to the order of the sums, at fp32 speed: a CPU
+    without bf16 units runs a bf16 matmul ~60x slower than fp32. For an LSTM it stands in for the
+    cuDNN kernel this CPU lacks (the inputs, weights and outputs are rounded, the steps between not)."""
     def up(t):
         return t.float() if isinstance(t, torch.Tensor) and t.dtype == dtype else t
 
@@ -101,6 +108,19 @@ def _fp32_compute(func, args, kwargs, dtype):
         return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
     out = func(*tree_map(up, args), **tree_map(up, kwargs))
     return tree_map(down, out)
+
+
+def _rounded_lstm_cell(x, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """CUDA's LSTM cell in a lower dtype: the two gate products rounded to it (GEMM outputs), the
+    gates and the new cell state computed in fp32 (the fused kernel's accumulate type), ``h`` and
+    ``c`` rounded to it on output."""
+    low = x.dtype
+    ig = (x.float() @ w_ih.float().T + (b_ih.float() if b_ih is not None else 0)).to(low)
+    hg = (hx[0].float() @ w_hh.float().T + (b_hh.float() if b_hh is not None else 0)).to(low)
+    i, f, g, o = (ig.float() + hg.float()).chunk(4, -1)
+    c = torch.sigmoid(f) * hx[1].float() + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h.to(low), c.to(low)
 
 
 def _lstm_tensors(args):
@@ -135,6 +155,8 @@ class AutocastMode(TorchFunctionMode):
                 raise RuntimeError("torch.nn.functional.binary_cross_entropy and torch.nn.BCELoss are unsafe to autocast.")
             elif base in _LOWER:
                 args, kwargs = _cast(args, low), _cast(kwargs, low)
+                if low in (torch.bfloat16, torch.float16) and base not in ("lstm_cell", "gru_cell"):
+                    return _fp32_compute(func, args, kwargs, low)
             elif base in _FP32:
                 args, kwargs = _cast(args, torch.float32), _cast(kwargs, torch.float32)
             elif base in _FP32_SET_OPT_DTYPE:
@@ -152,6 +174,8 @@ class AutocastMode(TorchFunctionMode):
                         EVENTS.append(("promote error", name, _dtypes(ts), _where()))
                         raise RuntimeError("Unexpected floating ScalarType in at::autocast::prioritize")
                 args, kwargs = _cast(args, cur), _cast(kwargs, cur)
+        if base == "lstm_cell" and _eligible(args[0]) and args[0].dtype in (torch.bfloat16, torch.float16):
+            return _rounded_lstm_cell(*args, **kwargs)
         if base in ("lstm", "lstm_cell"):
             x, hx, params = _lstm_tensors(args) if base == "lstm" else (args[0], args[1], args[2:])
             fl = [t for t in tree_leaves((x, hx, params)) if isinstance(t, torch.Tensor) and t.is_floating_point()]

@@ -99,3 +99,29 @@ def test_speller_state_is_fp32_under_autocast_and_tracks_fp32(device):
             got, _ = model(feats, lens, inputs, listened=bf)
     assert all(s.dtype == torch.float32 for s in (state.h1, state.c1, state.h2, state.c2))
     assert (got.float() - ref).abs().max() < 0.15     # bf16 matrix products only
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="emulated GPU: a real one runs the device cases")
+def test_emulated_cuda_autocast_reproduces_the_bf16_cell_and_lstm_cell_avoids_it():
+    """Under CUDA autocast's casting policy (the emulated GPU, tests/emulated_autocast.py) a plain
+    ``nn.LSTMCell`` keeps its state in bf16 and loses the small updates, as it did on the H200;
+    ``lstm_cell`` with the same fp32 weights follows the float64 equations."""
+    from emulated_cuda import emulated_cuda
+    cell, steps = accumulating_cell(), 800
+    ref_h = ref_c = torch.zeros(2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(steps):
+            ref_h, ref_c = reference_step(cell, torch.ones(2, 8), ref_h, ref_c)
+    rel = lambda c: float(((c.double().cpu() - ref_c).abs() / ref_c.abs()).max())
+    with emulated_cuda(amp=True):
+        gpu_cell = copy.deepcopy(cell).to("cuda")
+        x = torch.ones(2, 8, device="cuda")
+        h = c = torch.zeros(2, 4, device="cuda")
+        h2, c2 = h, c
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            for _ in range(steps):
+                h, c = gpu_cell(x, (h, c))
+                h2, c2 = lstm_cell(gpu_cell, x, (h2, c2))
+        assert c.dtype == torch.bfloat16 and c2.dtype == torch.float32
+        assert rel(c) > 0.2, rel(c)
+        assert rel(c2) < 0.02, rel(c2)
