@@ -271,26 +271,28 @@ def profile_step(c, rt, x, y, steps: int, sync) -> None:
     make the host wait for the device (a step with none is free of host synchronisation)."""
     from torch.profiler import ProfilerActivity, profile
     model, step, _ = bench_lstmkit(c, rt, x, y, steps, sync)
-    for _ in range(2):
-        step()
-    sync()
+    wall_ms = 1e3 * x.numel() / timed(step, x.numel(), steps, warmup=2, sync=sync)   # without the profiler
     cuda = rt.device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         for _ in range(steps):
             step()
         sync()
-    ev = prof.key_averages()
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    ev = every = prof.key_averages()
+    if cuda:    # the kernels, copies and fills themselves (a CPU op's entry would count its kernels twice)
+        key, ev = "self_device_time_total", [e for e in ev if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    else:
+        key = "self_cpu_time_total"
     top = sorted(ev, key=lambda e: getattr(e, key, 0), reverse=True)[:15]
-    total = sum(getattr(e, key, 0) for e in ev) or 1
-    print(f"# profile of {steps} training steps of the default row ({rt.device}): self {'device' if cuda else 'CPU'} time")
+    busy = sum(getattr(e, key, 0) for e in ev) / 1e3 / steps
+    print(f"# profile of {steps} training steps of the default row ({rt.device}): {wall_ms:.2f} ms per step without the "
+          f"profiler; {'GPU busy' if cuda else 'CPU ops'} {busy:.2f} ms per step (the rest: the device waits for the host)")
     for e in top:
-        print(f"#   {100 * getattr(e, key, 0) / total:5.1f}%  {getattr(e, key, 0) / 1e3 / steps:8.2f} ms/step  "
-              f"{e.count // steps:5d} calls/step  {e.key[:90]}")
+        t = getattr(e, key, 0) / 1e3 / steps
+        print(f"#   {100 * t / max(busy, 1e-9):5.1f}%  {t:8.2f} ms/step  {e.count / steps:6.1f} calls/step  {e.key[:90]}")
     waits = {k: 0 for k in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")}
     launches = 0
-    for e in ev:
+    for e in every:
         if e.key in waits:
             waits[e.key] += e.count
         if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC"):

@@ -10,8 +10,9 @@ The numbers are rounded where the GPU rounds them, at fp32 speed (a CPU without 
 bf16 matmul ~60x slower): a matrix product in the lower dtype takes its rounded inputs, computes
 in fp32 and rounds its result once, as a GPU GEMM accumulating in fp32 does; ``lstm_cell`` rounds
 its two gate products and its outputs ``h`` and ``c`` (CUDA's fused cell keeps nothing else
-between steps); a whole-sequence LSTM whose tensors are all bf16/fp16 rounds its inputs, weights
-and outputs, not its steps in between (cuDNN's are not emulated). Found with it: dtype
+between steps); a whole-sequence LSTM whose tensors are all bf16/fp16 runs step by step with that
+cell, so each step's ``h``, ``c`` and, backwards, their gradients are rounded (:func:`_lstm_by_step`;
+a packed sequence only rounds its inputs, weights and outputs). Found with it: dtype
 errors under bf16 on CUDA would show as exceptions; the neural cache's pointer scores and TAR's
 difference ran in bf16 (both now fp32).
 """
@@ -123,6 +124,36 @@ def _rounded_lstm_cell(x, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     return h.to(low), c.to(low)
 
 
+def _lstm_by_step(x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    """``torch.lstm`` on tensors in a lower dtype, one time step at a time with
+    :func:`_rounded_lstm_cell`: every step's ``h`` and ``c`` are stored in that dtype, and so in the
+    backward pass are the gradients that reach them and each step's share of the weight gradients
+    (summed in that dtype). A kernel that keeps its per-step values in the data type behaves so; with
+    fp16 data and no loss scaling, gradients under ~6e-8 vanish at every step (the pessimistic side
+    of cuDNN, whose arithmetic runs in fp32: ``promote_rnn_math_type``)."""
+    if dropout and train and num_layers > 1:
+        raise NotImplementedError("emulated_autocast: LSTM dropout between layers")
+    seq = x.transpose(0, 1) if batch_first else x            # (T, N, D)
+    dirs, per = (2 if bidirectional else 1), (4 if has_biases else 2)
+    hs, cs = [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            w = params[k * per:(k + 1) * per]
+            h, c = hx[0][k], hx[1][k]
+            ys = [None] * seq.size(0)
+            for t in (range(seq.size(0)) if d == 0 else reversed(range(seq.size(0)))):
+                h, c = _rounded_lstm_cell(seq[t], (h, c), *w)
+                ys[t] = h
+            outs.append(torch.stack(ys))
+            hs.append(h)
+            cs.append(c)
+        seq = torch.cat(outs, -1) if dirs == 2 else outs[0]
+    out = seq.transpose(0, 1) if batch_first else seq
+    return out, torch.stack(hs), torch.stack(cs)
+
+
 def _lstm_tensors(args):
     packed = len(args) > 1 and isinstance(args[1], torch.Tensor)
     return (args[0], args[2], args[3]) if packed else (args[0], args[1], args[2])
@@ -181,6 +212,8 @@ class AutocastMode(TorchFunctionMode):
             fl = [t for t in tree_leaves((x, hx, params)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
             kinds = {t.dtype for t in fl}
             if len(kinds) == 1 and next(iter(kinds)) in (torch.bfloat16, torch.float16):
+                if base == "lstm" and not isinstance(args[1], torch.Tensor) and not kwargs:   # not packed
+                    return _lstm_by_step(*args)
                 return _fp32_compute(func, args, kwargs, next(iter(kinds)))
         return func(*args, **kwargs)
 

@@ -66,6 +66,23 @@ def test_the_emulated_gpu_refuses_what_a_gpu_refuses():
     assert not torch.cuda.is_available() and type(torch.zeros(1).to("cpu")) is torch.Tensor
 
 
+@pytest.mark.parametrize("bidirectional,layers,batch_first", [(False, 1, True), (True, 2, False)])
+def test_the_step_by_step_lstm_of_the_emulated_autocast_is_the_lstm(bidirectional, layers, batch_first):
+    """In fp32 (no rounding) the emulator's step-by-step LSTM equals PyTorch's, outputs and gradients."""
+    from emulated_autocast import _lstm_by_step
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 4, layers, batch_first=batch_first, bidirectional=bidirectional)
+    x = torch.randn(3, 6, 5) if batch_first else torch.randn(6, 3, 5)
+    hx = tuple(torch.randn(layers * (2 if bidirectional else 1), 3, 4) for _ in range(2))
+    ref_out, (ref_h, ref_c) = lstm(x, hx)
+    out, h, c = _lstm_by_step(x, hx, lstm._flat_weights, True, layers, 0.0, True, bidirectional, batch_first)
+    for a, b in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        assert torch.allclose(a, b, atol=1e-6)
+    g = torch.autograd.grad((out.sum() + c.sum()), lstm._flat_weights)
+    g_ref = torch.autograd.grad((ref_out.sum() + ref_c.sum()), lstm._flat_weights)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g, g_ref))
+
+
 def test_a_device_that_is_not_there_is_one_clear_error(capsys):
     from lstmkit.core.device import pick_runtime
     for device, why in (("cuda", "CUDA is not available"), ("tpu", "found 'tpu'"), ("cuda:x", "found 'cuda:x'")):

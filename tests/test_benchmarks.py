@@ -1,0 +1,60 @@
+"""The benchmark scripts run and print their tables (a smoke test: timings are never asserted).
+
+Each runs on a tiny model for one or two timed steps, so a change to the library that breaks a
+benchmark shows here rather than in a device session, whose minutes are scarce.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(name: str, *args: str, timeout: int = 240) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True,
+                       cwd=ROOT, env=env, timeout=timeout)
+    assert r.returncode == 0, f"{name} {' '.join(args)}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    assert "Traceback" not in r.stderr and "# skipped lstmkit" not in r.stdout, r.stdout + r.stderr
+    return r.stdout
+
+
+def ratio_rows(out: str) -> list[list[str]]:
+    """Table rows after the header and rule: the cells of each ``| ... |`` line."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    return [r for r in rows[1:] if not set(r[0]) <= set("-")]
+
+
+@pytest.mark.slow
+def test_bench_lm_train_prints_the_reference_and_lstmkit_rows_and_a_profile():
+    out = bench("bench_lm_train.py", "--config", "configs/tiny.toml", "--steps", "1", "--skip-fastai", "--profile", "1")
+    rows = ratio_rows(out)
+    assert [r[0].split(" ")[0] for r in rows] == ["reference", "lstmkit"], out
+    assert rows[0][2] == "1.00" and float(rows[1][2]) > 0 and float(rows[1][1].replace(",", "")) > 0
+    assert re.search(r"# profile of 1 training steps .* ms per step", out), out
+    assert re.search(r"#\s+[\d.]+%\s+[\d.]+ ms/step", out), out
+
+
+@pytest.mark.slow
+def test_bench_dynamic_eval_and_bench_cache_agree_with_their_references():
+    out = bench("bench_dynamic_eval.py", "--config", "configs/tiny.toml", "--segments", "4", "--device", "cpu")
+    assert [r[0].split(" ")[0] for r in ratio_rows(out)] == ["lstmkit", "reference"], out
+    assert float(re.search(r"relative difference ([\d.e+-]+)", out).group(1)) < 1e-5, out
+    out = bench("bench_cache.py", "--tokens", "400", "--ref-tokens", "20", "--vocab", "500", "--hidden", "16",
+                "--window", "50")
+    assert re.search(r"^reference .*1\.00$", out, re.M) and re.search(r"^lstmkit NeuralCache\s+[\d,]+", out, re.M), out
+    assert float(re.search(r"max \|NLL difference\| on the 20 tokens both scored: ([\d.e+-]+)", out).group(1)) < 1e-4, out
+
+
+@pytest.mark.slow
+def test_bench_las_prints_lstmkit_against_the_plain_reference():
+    out = bench("bench_las.py", "--batches", "1")
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip() and not line.startswith("#")}
+    assert {"lstmkit", "plain", "ratio"} <= set(rows), out
+    assert all(float(v) > 0 for v in re.findall(r"\s([\d.]+)", rows["ratio"])), out
