@@ -4,8 +4,9 @@
 #   quick   (~4.5 min) env, CUDA-parametrized tests, LM training tokens/s against the 2017 reference
 #           and fastai (bench_lm_train.py on configs/wt2.toml; last, the step in a CUDA graph; then a profile of
 #           the default step: top kernels, launches and host waits per step), LAS
-#           utterances/s (bench_las.py), dynamic evaluation tokens/s (bench_dynamic_eval.py), LAS toy
-#           for 60 s under bf16 (default)
+#           utterances/s (bench_las.py), dynamic evaluation tokens/s (bench_dynamic_eval.py), the LAS
+#           listener gradients and speller cell state under bf16 against fp32 (check_las_precision.py),
+#           LAS toy for 60 s under bf16 (default)
 #   recipe  (~7.5 min) configs/wt2-gpu.toml: 6.5 minutes of training with the schedule fitted to the
 #           budget, final dev/test evaluation; perplexity against seconds
 #   las-fp32 (~1.5 min) the LAS toy minute again in fp32, for comparison
@@ -85,6 +86,8 @@ for stage in $STAGES; do
       say "## bench_las.py --batches 10 (rc $?)"; grep -v '^\s*$' "$LOGS/bench_las.txt" | tail -n 5 >> "$SUMMARY"
       timeout 90 python3 benchmarks/bench_dynamic_eval.py --config "$BENCH_CONFIG" --segments 300 > "$LOGS/bench_de.txt" 2>&1
       say "## bench_dynamic_eval.py --segments 300 (rc $?)"; grep -E '^[|#]' "$LOGS/bench_de.txt" >> "$SUMMARY"
+      timeout 60 python3 benchmarks/check_las_precision.py > "$LOGS/las_precision.txt" 2>&1
+      say "## check_las_precision.py (rc $?)"; cat "$LOGS/las_precision.txt" >> "$SUMMARY"
       timeout 100 python3 -m lstmkit las train --config "$LAS" --max-minutes 1 --run-id toy-auto --runs-dir "$RUNS" \
         > "$LOGS/las_auto.txt" 2>&1
       say "## LAS toy, 1 minute, precision auto (bf16 on CUDA) (rc $?)"; curve "$RUNS/toy-auto" >> "$SUMMARY" 2>&1 ;;

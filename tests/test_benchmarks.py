@@ -58,3 +58,18 @@ def test_bench_las_prints_lstmkit_against_the_plain_reference():
     rows = {line.split()[0]: line for line in out.splitlines() if line.strip() and not line.startswith("#")}
     assert {"lstmkit", "plain", "ratio"} <= set(rows), out
     assert all(float(v) > 0 for v in re.findall(r"\s([\d.]+)", rows["ratio"])), out
+
+
+def test_check_las_precision_runs_and_lstm_cell_keeps_the_small_updates():
+    out = bench("check_las_precision.py")
+    row = next(line for line in out.splitlines() if line.startswith("lstmkit lstm_cell"))
+    assert float(re.search(r"relative error ([\d.]+)", row).group(1)) < 0.02, out
+    assert re.search(r"^lstmkit BiLSTM .*\S", out, re.M) and re.search(r"^plain nn.LSTM left to autocast\s+\S", out, re.M), out
+
+
+@pytest.mark.slow
+def test_las_bf16_probe_trains_the_old_forms_on_the_emulated_gpu():
+    out = bench("las_bf16_probe.py", "--form", "bf16-old", "--epochs", "1", "--n-train", "64", "--n-val", "8",
+                "--threads", "1")
+    rows = ratio_rows(out)
+    assert rows and all(r[0].isdigit() and r[4] != "nan" for r in rows), out
