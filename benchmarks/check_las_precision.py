@@ -3,10 +3,11 @@
 Why LAS did not learn under bf16 on CUDA (issue 18): CUDA autocast hands cuDNN RNNs fp16 (its own
 rule, whatever dtype autocast was given) and runs ``nn.LSTMCell`` wholly in bf16. The gradients
 that reach the listener are tiny on the toy task (median |dL/d output| 9e-8 after 79 fp32 steps;
-fp16's smallest subnormal is 6e-8), so in fp16 without loss scaling the listener hardly learns,
-and a frozen listener reproduces the H200 symptoms on a CPU (loss stuck near 1.0, alignment
-0.12-0.2 while CTC alone reaches CER 2.5%). This prints, on the device (``--device``, default the
-GPU if any), the relative error against fp32 of:
+fp16's smallest subnormal is 6e-8, its smallest normal 6.1e-5). A CPU emulation that keeps fp16
+subnormals still learns (docs/gpu.md); a listener whose gradient is lost entirely (as in a kernel
+that flushes fp16 subnormals to zero) reproduces the H200 symptoms on a CPU (loss stuck near 1.0,
+alignment 0.12-0.2, while CTC alone reaches CER 2.5%). This prints, on the device (``--device``,
+default the GPU if any), the relative error against fp32 (and the share of exact zeros) of:
 
   listener weight gradients at the toy task's size (--scale), lstmkit's BiLSTM under bf16 autocast,
   and the same weights as plain ``nn.LSTM`` modules left to autocast (on CUDA: the fp16 rule);
@@ -51,14 +52,17 @@ def main() -> None:
     x, lens = torch.randn(n, s, 40, device=dev), torch.randint(s // 2, s + 1, (n,), device=dev)
     g = torch.randn(n, s, 512, device=dev) * args.scale * frame_mask(lens, s).unsqueeze(-1)
     ref = grads(bl, x, lens, g, False)
+    zero_ref = sum(int((t == 0).sum()) for t in ref) / sum(t.numel() for t in ref)
     plain = copy.deepcopy(bl)
     plain._run = lambda lstm, inp: lstm(inp)[0]          # nn.LSTM as it is, left to autocast
 
     def error(model) -> str:
         try:
-            return f"{rel(grads(model, x, lens, g, True), ref):.4f}"
+            got = grads(model, x, lens, g, True)
         except RuntimeError as e:                       # a CPU without a bf16 LSTM kernel (no AVX512-BF16/AMX)
             return f"fails here: {str(e).splitlines()[0][:70]}"
+        zero = sum(int((t == 0).sum()) for t in got) / sum(t.numel() for t in got)
+        return f"{rel(got, ref):.4f} ({100 * zero:.1f}% of the gradient elements exactly 0; fp32: {100 * zero_ref:.1f}%)"
     ours, broken = error(bl), error(plain)
     print(f"# {dev}, torch {torch.__version__}; listener weight gradients of size {args.scale:g}, relative error "
           f"against fp32 under bf16 autocast:")

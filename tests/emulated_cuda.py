@@ -259,7 +259,7 @@ def emulated_cuda(amp: bool = False):
     """PyTorch with one emulated CUDA device, for the block (everything is restored after).
 
     ``amp``: a GPU with bf16 units (precision ``auto`` resolves to bf16) and CUDA autocast's casting
-    policy applied to the emulated tensors (tests/emulated_autocast.py)."""
+    policy applied to the emulated tensors, with the rounding a GPU does (tests/emulated_autocast.py)."""
     import safetensors.torch
 
     import lstmkit.core.checkpoint as checkpoint
