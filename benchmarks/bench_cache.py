@@ -23,6 +23,7 @@ import time
 import torch
 
 from lstmkit.lm.cache import NeuralCache, stream_states
+from lstmkit.cli_types import nonneg_float, positive_int, unit_interval
 
 
 def reference_loss(h: torch.Tensor, y: torch.Tensor, logp_vocab: torch.Tensor, vocab: int, window: int,
@@ -44,13 +45,13 @@ def reference_loss(h: torch.Tensor, y: torch.Tensor, logp_vocab: torch.Tensor, v
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="score a trained run's test stream instead of random states")
-    ap.add_argument("--tokens", type=int, default=20000)
-    ap.add_argument("--ref-tokens", type=int, default=300)
-    ap.add_argument("--vocab", type=int, default=33278)
-    ap.add_argument("--hidden", type=int, default=650)
-    ap.add_argument("--window", type=int, default=3785)
-    ap.add_argument("--theta", type=float, default=0.6625)
-    ap.add_argument("--lam", type=float, default=0.1279)
+    ap.add_argument("--tokens", type=positive_int, default=20000)
+    ap.add_argument("--ref-tokens", type=positive_int, default=300)
+    ap.add_argument("--vocab", type=positive_int, default=33278)
+    ap.add_argument("--hidden", type=positive_int, default=650)
+    ap.add_argument("--window", type=positive_int, default=3785)
+    ap.add_argument("--theta", type=nonneg_float, default=0.6625)
+    ap.add_argument("--lam", type=unit_interval, default=0.1279)
     args = ap.parse_args()
     torch.manual_seed(0)
     if args.run:

@@ -27,6 +27,7 @@ from lstmkit.lm import AWDLSTM, LMConfig
 from lstmkit.lm.data import batchify
 from lstmkit.lm.dynamic_eval import DynamicEvalConfig, dynamic_eval_losses
 from lstmkit.lm.model import detach_hidden
+from lstmkit.cli_types import positive_int
 
 
 def reference_dynamic_eval(model, stream, bptt, lr, decay, runtime) -> float:
@@ -59,8 +60,8 @@ def reference_dynamic_eval(model, stream, bptt, lr, decay, runtime) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/wt2.toml")
-    ap.add_argument("--segments", type=int, default=200, help="segments timed per row")
-    ap.add_argument("--bptt", type=int, default=5)
+    ap.add_argument("--segments", type=positive_int, default=200, help="segments timed per row")
+    ap.add_argument("--bptt", type=positive_int, default=5)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     if args.segments < 2 or args.bptt < 1:

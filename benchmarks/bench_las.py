@@ -26,6 +26,7 @@ from lstmkit.core.train import device_step, train_step
 from lstmkit.las import LAS, LASRunConfig, LASTrainer, greedy_decode
 from lstmkit.las.data import length_buckets
 from lstmkit.las.model import sequence_loss
+from lstmkit.cli_types import positive_int
 
 
 class PackedListener(nn.Module):
@@ -47,7 +48,7 @@ class PackedListener(nn.Module):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/las-toy.toml")
-    ap.add_argument("--batches", type=int, default=10)
+    ap.add_argument("--batches", type=positive_int, default=10)
     args = ap.parse_args()
     cfg = load_toml(LASRunConfig, args.config, {"data": {"toy": {"n_train": 1000, "n_val": 64}},
                                                  "train": {"runs_dir": "/tmp/bench_las_runs"}})

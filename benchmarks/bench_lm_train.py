@@ -42,6 +42,7 @@ from lstmkit.core.device import Runtime, pick_runtime
 from lstmkit.core.train import device_step
 from lstmkit.lm import AWDLSTM, LMConfig
 from lstmkit.lm.optim import NTASGD, activation_regularization, temporal_activation_regularization
+from lstmkit.cli_types import nonneg_int, positive_int
 
 
 class Reference2017(nn.Module):
@@ -305,13 +306,13 @@ def profile_step(c, rt, x, y, steps: int, sync) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/wt2-cpu.toml")
-    ap.add_argument("--steps", type=int, default=5, help="timed training steps per row (eval: 2x)")
+    ap.add_argument("--steps", type=positive_int, default=5, help="timed training steps per row (eval: 2x)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. model.loss_chunk=0")
     ap.add_argument("--skip-fastai", action="store_true")
     ap.add_argument("--compile", action="store_true", help="add a row with the loss under torch.compile")
     ap.add_argument("--graph", action="store_true", help="add a row with the whole step in a CUDA graph (CUDA only)")
-    ap.add_argument("--profile", type=int, default=0, metavar="N",
+    ap.add_argument("--profile", type=nonneg_int, default=0, metavar="N",
                     help="after the table, profile N training steps of the default row (top ops/kernels, launches, host waits)")
     ap.add_argument("--only", default="", help="comma list of rows to run: lstmkit,compile,graph,fp32,reference,fastai,fastai-bf16")
     args = ap.parse_args()

@@ -26,6 +26,7 @@ from torch import nn
 
 from lstmkit.core.device import pick_runtime
 from lstmkit.las.model import BiLSTM, frame_mask, lstm_cell
+from lstmkit.cli_types import positive_float
 
 
 def grads(bl, x, lens, g, amp):
@@ -43,7 +44,7 @@ def rel(got, ref) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--scale", type=float, default=1e-7, help="size of the gradients reaching the listener outputs")
+    ap.add_argument("--scale", type=positive_float, default=1e-7, help="size of the gradients reaching the listener outputs")
     args = ap.parse_args()
     dev = pick_runtime(args.device, "fp32").device
     torch.manual_seed(0)

@@ -22,6 +22,7 @@ from lstmkit.lm import AWDLSTM, LMConfig
 from lstmkit.lm.data import BPTTIterator, batchify, load_corpus
 from lstmkit.lm.model import detach_hidden
 from lstmkit.lm.optim import activation_regularization, temporal_activation_regularization
+from lstmkit.cli_types import positive_float, positive_int
 
 
 def run(cfg, corpus, rt: Runtime, steps: int, lr: float):
@@ -56,8 +57,8 @@ def run(cfg, corpus, rt: Runtime, steps: int, lr: float):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/wt2-cpu.toml")
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate for both runs")
+    ap.add_argument("--steps", type=positive_int, default=200)
+    ap.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate for both runs")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = ap.parse_args()
     over: dict = {}

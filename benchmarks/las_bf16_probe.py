@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from lstmkit.cli_types import positive_int
 
 FORMS = ("fp32", "bf16", "bf16-old", "bf16-old-listener", "bf16-old-speller", "frozen-listener")
 
@@ -35,11 +36,11 @@ FORMS = ("fp32", "bf16", "bf16-old", "bf16-old-listener", "bf16-old-speller", "f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--form", choices=FORMS, default="bf16")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--evals-per-epoch", type=int, default=2)
-    ap.add_argument("--n-train", type=int, default=5000, help="training utterances (the toy config's 5,000)")
-    ap.add_argument("--n-val", type=int, default=100, help="validation utterances")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=positive_int, default=3)
+    ap.add_argument("--evals-per-epoch", type=positive_int, default=2)
+    ap.add_argument("--n-train", type=positive_int, default=5000, help="training utterances (the toy config's 5,000)")
+    ap.add_argument("--n-val", type=positive_int, default=100, help="validation utterances")
+    ap.add_argument("--threads", type=positive_int, default=2)
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from emulated_cuda import emulated_cuda                       # noqa: E402 (a test helper)

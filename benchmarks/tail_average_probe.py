@@ -20,18 +20,19 @@ from lstmkit.core.checkpoint import load_checkpoint, load_module_weights
 from lstmkit.lm import LanguageModelTrainer, LMConfig
 from lstmkit.lm.evaluate import stream_loss
 from lstmkit.lm.optim import averaging_start
+from lstmkit.cli_types import nonneg_float, positive_float, positive_int
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=30.0)
-    ap.add_argument("--train-tokens", type=int, default=600_000, help="first N training tokens")
-    ap.add_argument("--eval-tokens", type=int, default=60_000, help="first N dev tokens")
-    ap.add_argument("--dropout-scale", type=float, default=1.0)
+    ap.add_argument("--minutes", type=positive_float, default=30.0)
+    ap.add_argument("--train-tokens", type=positive_int, default=600_000, help="first N training tokens")
+    ap.add_argument("--eval-tokens", type=positive_int, default=60_000, help="first N dev tokens")
+    ap.add_argument("--dropout-scale", type=nonneg_float, default=1.0)
     ap.add_argument("--fractions", default="0.1,0.2,0.3,0.5")
     ap.add_argument("--data", default="data/wikitext-2")
     ap.add_argument("--runs-dir", default="runs")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive_int, default=1)
     args = ap.parse_args()
     cfg = LMConfig.load("configs/wt2-cpu.toml", {
         "model": {"emb_size": 128, "hidden_size": 384, "dropout_scale": args.dropout_scale},

@@ -73,3 +73,13 @@ def test_las_bf16_probe_trains_the_old_forms_on_the_emulated_gpu():
                 "--threads", "1")
     rows = ratio_rows(out)
     assert rows and all(r[0].isdigit() and r[4] != "nan" for r in rows), out
+
+
+@pytest.mark.parametrize("script,flag,value", [
+    ("bench_lm_train.py", "--steps", "0"), ("bench_lm_train.py", "--profile", "-1"), ("bench_las.py", "--batches", "nan"),
+    ("bench_dynamic_eval.py", "--segments", "-3"), ("bench_cache.py", "--lam", "1.5"), ("check_las_precision.py", "--scale", "inf"),
+    ("check_lm_numerics.py", "--lr", "0"), ("las_bf16_probe.py", "--epochs", "0"), ("tail_average_probe.py", "--minutes", "-1")])
+def test_benchmark_number_flags_refuse_values_that_make_no_sense(script, flag, value):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), flag, value], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and f"argument {flag}: found" in r.stderr and "Traceback" not in r.stderr, r.stderr
