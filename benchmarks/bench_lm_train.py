@@ -287,7 +287,8 @@ def profile_step(c, rt, x, y, steps: int, sync) -> None:
     top = sorted(ev, key=lambda e: getattr(e, key, 0), reverse=True)[:15]
     busy = sum(getattr(e, key, 0) for e in ev) / 1e3 / steps
     print(f"# profile of {steps} training steps of the default row ({rt.device}): {wall_ms:.2f} ms per step without the "
-          f"profiler; {'GPU busy' if cuda else 'CPU ops'} {busy:.2f} ms per step (the rest: the device waits for the host)")
+          f"profiler; " + (f"GPU busy {busy:.2f} ms per step (the rest of the step the GPU waits for the host)" if cuda
+                           else f"CPU ops' self time {busy:.2f} ms per step"))
     for e in top:
         t = getattr(e, key, 0) / 1e3 / steps
         print(f"#   {100 * t / max(busy, 1e-9):5.1f}%  {t:8.2f} ms/step  {e.count / steps:6.1f} calls/step  {e.key[:90]}")
