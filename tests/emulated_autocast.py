@@ -100,8 +100,8 @@ def _fp32_compute(func, args, kwargs, dtype):
     """Run an op on inputs already rounded to ``dtype`` (bf16/fp16) in fp32 and round its floating
     outputs to ``dtype``. For a matrix product this is what a GPU's bf16/fp16 GEMM computes (products
     accumulated in fp32, the result rounded once) up to the order of the sums, at fp32 speed: a CPU
-    without bf16 units runs a bf16 matmul ~60x slower than fp32. For an LSTM it stands in for the
-    cuDNN kernel this CPU lacks (the inputs, weights and outputs are rounded, the steps between not)."""
+    without bf16 units runs a bf16 matmul ~60x slower than fp32. For an LSTM over a packed sequence
+    it stands in for the cuDNN kernel (inputs, weights and outputs rounded, the steps between not)."""
     def up(t):
         return t.float() if isinstance(t, torch.Tensor) and t.dtype == dtype else t
 
