@@ -105,8 +105,8 @@ def test_speller_state_is_fp32_under_autocast_and_tracks_fp32(device):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="emulated GPU: a real one runs the device cases")
 def test_emulated_cuda_autocast_reproduces_the_bf16_cell_and_lstm_cell_avoids_it():
     """Under CUDA autocast's casting policy (the emulated GPU, tests/emulated_autocast.py) a plain
-    ``nn.LSTMCell`` keeps its state in bf16 and loses the small updates, as it did on the H200;
-    ``lstm_cell`` with the same fp32 weights follows the float64 equations."""
+    ``nn.LSTMCell`` keeps its state in bf16 and loses the small updates; ``lstm_cell`` with the same
+    fp32 weights follows the float64 equations, and on CUDA computes exactly what fp32 computes."""
     from emulated_cuda import emulated_cuda
     cell, steps = accumulating_cell(), 800
     ref_h = ref_c = torch.zeros(2, 4, dtype=torch.float64)
@@ -118,14 +118,19 @@ def test_emulated_cuda_autocast_reproduces_the_bf16_cell_and_lstm_cell_avoids_it
         gpu_cell = copy.deepcopy(cell).to("cuda")
         x = torch.ones(2, 8, device="cuda")
         h = c = torch.zeros(2, 4, device="cuda")
-        h2, c2 = h, c
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        h2, c2 = h3, c3 = h, c
+        with torch.no_grad():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                for _ in range(steps):
+                    h, c = gpu_cell(x, (h, c))
+                    h2, c2 = lstm_cell(gpu_cell, x, (h2, c2))
             for _ in range(steps):
-                h, c = gpu_cell(x, (h, c))
-                h2, c2 = lstm_cell(gpu_cell, x, (h2, c2))
+                h3, c3 = gpu_cell(x, (h3, c3))                  # fp32, no autocast
         assert c.dtype == torch.bfloat16 and c2.dtype == torch.float32
         assert rel(c) > 0.2, rel(c)
         assert rel(c2) < 0.02, rel(c2)
+        # on CUDA the cell runs as in fp32 (the fused kernel, autocast off): the same numbers
+        assert torch.equal(c2, c3) and torch.equal(h2, h3)
 
 
 # Median |gradient| reaching the listener's outputs on the toy task after 79 fp32 training steps

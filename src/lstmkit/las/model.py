@@ -10,6 +10,7 @@ no pyramid by default, dot-product key/value attention masked at padded frames.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -197,18 +198,24 @@ class Attention(nn.Module):
 def lstm_cell(cell: nn.LSTMCell, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
     """One step of ``cell``: x (N, D), state (h, c) each (N, H) -> (h, c), both fp32.
 
-    The two matrix products follow autocast (bf16 on CUDA and on AMX/AVX512-BF16 CPUs) or the
-    weights' own dtype; the gate nonlinearities and the cell state ``c = f * c + i * g`` are always
-    fp32. CUDA autocast runs a plain ``nn.LSTMCell`` wholly in bf16 (CPU autocast leaves it in fp32),
-    which rounds ``c`` to 8 significant bits at every step: updates smaller than half a bf16 unit
-    of ``c`` vanish and the speller stopped learning under bf16 on CUDA. Without autocast and with
-    fp32 weights this is ``cell(x, state)`` itself (the fused kernel).
+    The gate nonlinearities and the cell state ``c = f * c + i * g`` are always fp32: CUDA autocast
+    runs a plain ``nn.LSTMCell`` wholly in bf16 (CPU autocast does not), which rounds ``c`` to 8
+    significant bits at every step, so updates smaller than half a bf16 unit of ``c`` vanish. On
+    CUDA (fp32 weights) the whole cell runs in fp32 with autocast off: ``cell(x, state)`` itself,
+    the fused kernel (two matrix products and one elementwise kernel, instead of about a dozen
+    kernels for the split form below); a speller's products, one batch by a few hundred units, are
+    too small for bf16 to pay on a GPU, where each step's time goes by kernel launches. Elsewhere
+    under autocast (CPUs with bf16 units, where the products' arithmetic is what costs) the two
+    matrix products follow autocast; without autocast this is ``cell(x, state)`` as well.
     """
     h, c = state
-    if not torch.is_autocast_enabled(x.device.type) and cell.weight_ih.dtype == torch.float32:
-        h, c = cell(x.float(), (h.float(), c.float()))
+    dev = x.device.type
+    autocast = torch.is_autocast_enabled(dev)
+    if cell.weight_ih.dtype == torch.float32 and (dev == "cuda" or not autocast):
+        with torch.autocast(dev, enabled=False) if autocast else contextlib.nullcontext():
+            h, c = cell(x.float(), (h.float(), c.float()))
         return h, c
-    w = cell.weight_ih.dtype if not torch.is_autocast_enabled(x.device.type) else None
+    w = cell.weight_ih.dtype if not autocast else None
     xi, hi = (x.to(w), h.to(w)) if w is not None else (x, h)
     gates = F.linear(xi, cell.weight_ih, cell.bias_ih).float() + F.linear(hi, cell.weight_hh, cell.bias_hh).float()
     i, f, g, o = gates.chunk(4, -1)
