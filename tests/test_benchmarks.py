@@ -35,8 +35,11 @@ def ratio_rows(out: str) -> list[list[str]]:
 def test_bench_lm_train_prints_the_reference_and_lstmkit_rows_and_a_profile():
     out = bench("bench_lm_train.py", "--config", "configs/tiny.toml", "--steps", "1", "--skip-fastai", "--profile", "1")
     rows = ratio_rows(out)
-    assert [r[0].split(" ")[0] for r in rows] == ["reference", "lstmkit"], out
-    assert rows[0][2] == "1.00" and float(rows[1][2]) > 0 and float(rows[1][1].replace(",", "")) > 0
+    # A CPU with bf16 units (AMX, AVX512-BF16) adds an fp32 lstmkit row after the default (bf16) one.
+    names = [r[0].split(" ")[0] for r in rows]
+    assert names[0] == "reference" and names[1:] in (["lstmkit"], ["lstmkit", "lstmkit"]), out
+    assert rows[0][2] == "1.00", out
+    assert all(float(r[2]) > 0 and float(r[1].replace(",", "")) > 0 for r in rows[1:]), out
     assert re.search(r"# profile of 1 training steps .* ms per step", out), out
     assert re.search(r"#\s+[\d.]+%\s+[\d.]+ ms/step", out), out
 
