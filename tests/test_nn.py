@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lstmkit.nn import LockedDropout, WeightDrop, embedding_dropout
+from lstmkit.nn import LockedDropout, WeightDrop, drop_connect, embedding_dropout
 
 
 def test_locked_dropout_mask_constant_over_time_and_scaled():
@@ -62,7 +62,9 @@ def test_weight_drop_training_uses_one_mask_and_grads_reach_raw_weights():
     torch.manual_seed(1)
     out1, _ = wd(x)
     torch.manual_seed(1)
-    mask_w = torch.nn.functional.dropout(lstm.weight_hh_l0, 0.5, training=True)
+    # DropConnect by its definition: each weight kept with probability 1 - p (uniform >= p), scaled 1/(1-p)
+    kept = torch.rand(lstm.weight_hh_l0.shape) >= 0.5
+    mask_w = torch.where(kept, lstm.weight_hh_l0 / 0.5, torch.zeros(()))
     ref = nn.LSTM(5, 7, batch_first=True)
     ref.load_state_dict({**lstm.state_dict(), "weight_hh_l0": mask_w.detach()})
     torch.testing.assert_close(out1, ref(x)[0])
@@ -73,6 +75,27 @@ def test_weight_drop_training_uses_one_mask_and_grads_reach_raw_weights():
     # d out / d raw w_hh = d out / d dropped w_hh * mask / (1 - p): zero where dropped, scaled where kept
     torch.testing.assert_close(g, ref.weight_hh_l0.grad * (mask_w != 0).float() / 0.5)
     assert bool((g[mask_w == 0] == 0).all()) and g.abs().sum() > 0
+
+
+def test_drop_connect_rate_scale_and_gradient():
+    torch.manual_seed(0)
+    w = (torch.rand(400, 500) + 0.5).requires_grad_()          # no zeros of its own
+    for p in (0.1, 0.5, 0.75):
+        out = drop_connect(w, p)
+        kept = out != 0
+        frac = 1.0 - kept.float().mean().item()
+        # 200,000 independent draws: the dropped fraction is within 0.5% of p (std ~0.1%)
+        assert abs(frac - p) < 0.005, (p, frac)
+        torch.testing.assert_close(out[kept], w.detach()[kept] / (1 - p), rtol=1e-6, atol=0)
+        out.backward(torch.ones_like(out))
+        torch.testing.assert_close(w.grad, kept.float() / (1 - p), rtol=1e-6, atol=0)
+        w.grad = None
+    # a fresh mask each call, and the global generator decides it
+    torch.manual_seed(3)
+    a = drop_connect(w, 0.5)
+    b = drop_connect(w, 0.5)
+    torch.manual_seed(3)
+    assert not torch.equal(a, b) and torch.equal(a, drop_connect(w, 0.5))
 
 
 def test_weight_drop_rejects_non_lstm():
