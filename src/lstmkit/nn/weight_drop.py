@@ -24,9 +24,10 @@ def drop_connect(w: torch.Tensor, p: float) -> torch.Tensor:
     """``w`` with each element zeroed with probability ``p`` and the rest scaled by 1/(1-p)
     (DropConnect, Wan et al. 2013; what ``F.dropout(w, p, training=True)`` computes).
 
-    The mask is drawn as ``uniform[0, 1) >= p``: on a CPU PyTorch's ``bernoulli_`` draws its numbers
-    one by one (3.2x slower for an AWD-LSTM ``weight_hh`` of 4,600 x 1,150, forward and backward), and
-    one form on every device keeps CPU and GPU runs drawing the same way. Differentiable in ``w``.
+    The mask is drawn as ``uniform[0, 1) >= p``: on a CPU this is 3.2x faster than ``F.dropout``
+    (whose ``bernoulli_`` measured ~3x slower than ``rand`` for the same count) for an AWD-LSTM
+    ``weight_hh`` of 4,600 x 1,150, forward and backward, and one form on every device keeps CPU and
+    GPU runs drawing the same way. Differentiable in ``w``.
 
     >>> w = torch.ones(2, 4)
     >>> sorted(set(drop_connect(w, 0.5).flatten().tolist())) in ([0.0, 2.0], [0.0], [2.0])
