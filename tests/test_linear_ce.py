@@ -76,6 +76,34 @@ def test_adaptive_nll_matches_the_module_with_gradients_and_runs_under_autocast(
         adaptive_nll(asm, h, torch.full((40,), 60))
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_adaptive_target_logprob_both_paths_equal_the_module_with_gradients(dense):
+    """The gathered path (CPU default) and the dense one (accelerators: no host read) give the
+    module's per-token log-probabilities and the same gradients for h and every weight, with ids on
+    each cluster's edges and a cluster no target falls in."""
+    from lstmkit.nn.adaptive import adaptive_target_logprob
+    torch.manual_seed(1)
+    asm = torch.nn.AdaptiveLogSoftmaxWithLoss(16, 70, [10, 30, 50], div_value=2.0)
+    h = torch.randn(24, 16, requires_grad=True)
+    t = torch.tensor([0, 9, 10, 29, 30, 49, 69, 5] * 3)
+    t[-3:] = torch.tensor([1, 2, 11])          # cluster [50, 70) still has targets; remove them below
+    t = torch.where(t >= 50, torch.tensor(31), t)
+    out = asm(h, t).output                     # PyTorch's own log p(target)
+    got = adaptive_target_logprob(asm, h, t, dense=dense)
+    torch.testing.assert_close(got, out)
+    params = [h] + list(asm.parameters())
+    g_ref = torch.autograd.grad(out.sum(), params, allow_unused=True)
+    g_got = torch.autograd.grad(got.sum(), params, allow_unused=True)
+    for a, r in zip(g_got, g_ref):
+        if r is None:                          # the empty cluster's weights: no gradient, or a zero one
+            assert a is None or not a.any()
+        else:
+            torch.testing.assert_close(a, r)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lo = adaptive_target_logprob(asm, h, t, dense=dense)
+    assert lo.dtype == torch.float32 and (lo - out).abs().max().item() < 0.05
+
+
 def test_bf16_weight_gradient_is_added_in_row_blocks_bit_identically_and_matches_fp64(monkeypatch):
     """Under bf16 autocast each chunk's (V, E) weight-gradient part is bf16 and the sum fp32; it is
     added in row blocks. The blocks must give exactly the one-add result, and the gradient must be
