@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import tempfile
 import time
 
 import numpy as np
@@ -25,8 +26,9 @@ from lstmkit.core.device import pick_runtime
 from lstmkit.core.train import device_step, train_step
 from lstmkit.las import LAS, LASRunConfig, LASTrainer, greedy_decode
 from lstmkit.las.data import length_buckets
-from lstmkit.las.model import sequence_loss
-from lstmkit.cli_types import positive_int
+from lstmkit.las.model import las_loss, sequence_loss
+from lstmkit.cli_types import nonneg_int, positive_int
+from step_profile import profile_steps
 
 
 class PackedListener(nn.Module):
@@ -49,9 +51,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/las-toy.toml")
     ap.add_argument("--batches", type=positive_int, default=10)
+    ap.add_argument("--val-utts", type=positive_int, default=64, help="utterances decoded for the decode column")
+    ap.add_argument("--profile", type=nonneg_int, default=0, metavar="N",
+                    help="after the table, profile N training steps of lstmkit's row on one batch (top ops/kernels, "
+                         "launches, host waits)")
     args = ap.parse_args()
-    cfg = load_toml(LASRunConfig, args.config, {"data": {"toy": {"n_train": 1000, "n_val": 64}},
-                                                 "train": {"runs_dir": "/tmp/bench_las_runs"}})
+    with tempfile.TemporaryDirectory(prefix="bench_las_") as runs:   # the trainer's run folder, removed after
+        cfg = load_toml(LASRunConfig, args.config, {"data": {"toy": {"n_train": 1000, "n_val": args.val_utts}},
+                                                     "train": {"runs_dir": runs}})
+        run(args, cfg)
+
+
+def run(args, cfg):
     tr = LASTrainer(cfg)
     bs = cfg.data.batch_size
     lengths = [len(t) for t in tr.train_set.targets]
@@ -108,6 +119,14 @@ def main():
     print(f"{'lstmkit (bucketed, BiLSTM, ' + prec + ', batched decode)':44s} {ours_t:12.1f} {5000 / ours_t:12.1f} {ours_d:13.1f}")
     print(f"{'plain (random, packed, fp32, batch-1 decode)':44s} {ref_t:12.1f} {5000 / ref_t:12.1f} {ref_d:13.1f}")
     print(f"{'ratio':44s} {ours_t / ref_t:12.2f} {'':12s} {ours_d / ref_d:13.2f}")
+    if args.profile:
+        x, lens, inp, tgt = tr._batch(tr.train_set, bucketed[0])
+        tr.model.train()
+
+        def step():
+            device_step(lambda: las_loss(tr.model, x, lens, inp, tgt), tr.opt, tr.model.parameters(), 1.0, tr.runtime)
+        profile_steps(step, args.profile, tr.runtime.device,
+                      f"lstmkit's row (the trainer's loss: ctc_weight {cfg.model.ctc_weight}, batch of {len(bucketed[0])})")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from lstmkit.core.train import device_step
 from lstmkit.lm import AWDLSTM, LMConfig
 from lstmkit.lm.optim import NTASGD, activation_regularization, temporal_activation_regularization
 from lstmkit.cli_types import nonneg_int, positive_int
+from step_profile import profile_steps
 
 
 class Reference2017(nn.Module):
@@ -267,41 +268,9 @@ def bench_fastai(c, rt, x, y, steps, sync):
 
 
 def profile_step(c, rt, x, y, steps: int, sync) -> None:
-    """Where the default row's training step spends its time: ``steps`` steps under torch.profiler,
-    the ops/kernels with the most self time, and per step the kernel launches and the calls that
-    make the host wait for the device (a step with none is free of host synchronisation)."""
-    from torch.profiler import ProfilerActivity, profile
-    model, step, _ = bench_lstmkit(c, rt, x, y, steps, sync)
-    wall_ms = 1e3 * x.numel() / timed(step, x.numel(), steps, warmup=2, sync=sync)   # without the profiler
-    cuda = rt.device.type == "cuda"
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts) as prof:
-        for _ in range(steps):
-            step()
-        sync()
-    ev = every = prof.key_averages()
-    if cuda:    # the kernels, copies and fills themselves (a CPU op's entry would count its kernels twice)
-        key, ev = "self_device_time_total", [e for e in ev if str(getattr(e, "device_type", "")).endswith("CUDA")]
-    else:
-        key = "self_cpu_time_total"
-    top = sorted(ev, key=lambda e: getattr(e, key, 0), reverse=True)[:15]
-    busy = sum(getattr(e, key, 0) for e in ev) / 1e3 / steps
-    print(f"# profile of {steps} training steps of the default row ({rt.device}): {wall_ms:.2f} ms per step without the "
-          f"profiler; " + (f"GPU busy {busy:.2f} ms per step (the rest of the step the GPU waits for the host)" if cuda
-                           else f"CPU ops' self time {busy:.2f} ms per step"))
-    for e in top:
-        t = getattr(e, key, 0) / 1e3 / steps
-        print(f"#   {100 * t / max(busy, 1e-9):5.1f}%  {t:8.2f} ms/step  {e.count / steps:6.1f} calls/step  {e.key[:90]}")
-    waits = {k: 0 for k in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")}
-    launches = 0
-    for e in every:
-        if e.key in waits:
-            waits[e.key] += e.count
-        if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC"):
-            launches += e.count
-    if cuda:
-        print(f"# per step: {launches / steps:.0f} kernel launches; host waits: "
-              + ", ".join(f"{k} {v / steps:g}" for k, v in waits.items()) + " (the last sync() of the loop counts once)")
+    """Where the default row's training step spends its time (see step_profile.py)."""
+    _, step, _ = bench_lstmkit(c, rt, x, y, steps, sync)
+    profile_steps(step, steps, rt.device, "the default row")
 
 
 def main():

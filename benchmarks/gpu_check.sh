@@ -4,7 +4,7 @@
 #   quick   (~4.5 min) env, CUDA-parametrized tests, LM training tokens/s against the 2017 reference
 #           and fastai (bench_lm_train.py on configs/wt2.toml; last, the step in a CUDA graph; then a profile of
 #           the default step: top kernels, launches and host waits per step), LAS
-#           utterances/s (bench_las.py), dynamic evaluation tokens/s (bench_dynamic_eval.py), the LAS
+#           utterances/s (bench_las.py, then the same profile of its training step), dynamic evaluation tokens/s (bench_dynamic_eval.py), the LAS
 #           listener gradients and speller cell state under bf16 against fp32 (check_las_precision.py),
 #           LAS toy for 60 s under bf16 (default)
 #   recipe  (~7.5 min) configs/wt2-gpu.toml: 6.5 minutes of training with the schedule fitted to the
@@ -82,8 +82,8 @@ for stage in $STAGES; do
       say "## tests: $(tail -n 1 "$LOGS/tests.txt")"
       timeout 150 python3 benchmarks/bench_lm_train.py --config "$BENCH_CONFIG" --steps 10 --graph --profile 5 > "$LOGS/bench_lm.txt" 2>&1
       say "## bench_lm_train.py --config $BENCH_CONFIG --steps 10 --graph --profile 5 (rc $?)"; grep -E '^[|#]' "$LOGS/bench_lm.txt" >> "$SUMMARY"
-      timeout 90 python3 benchmarks/bench_las.py --batches 10 > "$LOGS/bench_las.txt" 2>&1
-      say "## bench_las.py --batches 10 (rc $?)"; grep -v '^\s*$' "$LOGS/bench_las.txt" | tail -n 5 >> "$SUMMARY"
+      timeout 110 python3 benchmarks/bench_las.py --batches 10 --profile 5 > "$LOGS/bench_las.txt" 2>&1
+      say "## bench_las.py --batches 10 --profile 5 (rc $?)"; grep -v '^\s*$' "$LOGS/bench_las.txt" | grep -v '^Warn' | tail -n 24 >> "$SUMMARY"
       timeout 90 python3 benchmarks/bench_dynamic_eval.py --config "$BENCH_CONFIG" --segments 300 > "$LOGS/bench_de.txt" 2>&1
       say "## bench_dynamic_eval.py --segments 300 (rc $?)"; grep -E '^[|#]' "$LOGS/bench_de.txt" >> "$SUMMARY"
       timeout 60 python3 benchmarks/check_las_precision.py > "$LOGS/las_precision.txt" 2>&1

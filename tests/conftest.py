@@ -142,3 +142,25 @@ def on_elsewhere(tree):
     if isinstance(tree, (list, tuple)):
         return type(tree)(on_elsewhere(v) for v in tree)
     return tree
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def in_process(capsys, args) -> Result:
+    """``lstmkit ARGS`` run by ``lstmkit.cli.main`` in this process (no interpreter and torch start-up
+    per command); argparse's exit status is kept."""
+    import torch
+    from lstmkit.cli import main
+    capsys.readouterr()
+    threads = torch.get_num_threads()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:
+        rc = e.code
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr()
+    return Result(rc, out.out, out.err)

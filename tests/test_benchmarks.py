@@ -56,11 +56,16 @@ def test_bench_dynamic_eval_and_bench_cache_agree_with_their_references():
 
 
 @pytest.mark.slow
-def test_bench_las_prints_lstmkit_against_the_plain_reference():
-    out = bench("bench_las.py", "--batches", "1")
+def test_bench_las_prints_lstmkit_against_the_plain_reference(tmp_path):
+    cfg = tmp_path / "small.toml"        # the toy config's shape at a fraction of its width: the bench's plumbing
+    cfg.write_text("[model]\nlistener_hidden = 32\nkey_size = 16\nembed_size = 16\nspeller_hidden = 32\n"
+                   "ctc_weight = 0.5\n[data]\nbatch_size = 16\n[train]\nval_ctc_weight = 0.5\n")
+    out = bench("bench_las.py", "--config", str(cfg), "--batches", "1", "--val-utts", "16", "--profile", "1")
     rows = {line.split()[0]: line for line in out.splitlines() if line.strip() and not line.startswith("#")}
     assert {"lstmkit", "plain", "ratio"} <= set(rows), out
     assert all(float(v) > 0 for v in re.findall(r"\s([\d.]+)", rows["ratio"])), out
+    assert re.search(r"# profile of 1 training steps of lstmkit's row .*ctc_weight 0.5.* ms per step", out), out
+    assert re.search(r"#\s+[\d.]+%\s+[\d.]+ ms/step .*ctc_loss", out), out      # the trainer's loss, CTC included
 
 
 def test_check_las_precision_runs_and_lstm_cell_keeps_the_small_updates():
@@ -79,7 +84,7 @@ def test_las_bf16_probe_trains_the_old_forms_on_the_emulated_gpu():
 
 
 @pytest.mark.parametrize("script,flag,value", [
-    ("bench_lm_train.py", "--steps", "0"), ("bench_lm_train.py", "--profile", "-1"), ("bench_las.py", "--batches", "nan"),
+    ("bench_lm_train.py", "--steps", "0"), ("bench_lm_train.py", "--profile", "-1"), ("bench_las.py", "--batches", "nan"), ("bench_las.py", "--val-utts", "0"),
     ("bench_dynamic_eval.py", "--segments", "-3"), ("bench_cache.py", "--lam", "1.5"), ("check_las_precision.py", "--scale", "inf"),
     ("check_lm_numerics.py", "--lr", "0"), ("las_bf16_probe.py", "--epochs", "0"), ("tail_average_probe.py", "--minutes", "-1")])
 def test_benchmark_number_flags_refuse_values_that_make_no_sense(script, flag, value):

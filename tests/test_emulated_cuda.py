@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import make_corpus, tiny_config
 from emulated_cuda import OnGPU, emulated_cuda, plain
 from lstmkit.cli import main
 from lstmkit.errors import InputError
@@ -93,8 +93,9 @@ def test_a_device_that_is_not_there_is_one_clear_error(capsys):
 
 
 @pytest.mark.slow
-def test_lm_trains_resumes_and_evaluates_on_a_gpu_as_on_a_cpu(small_corpus, tmp_path, capsys):
-    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=2, log_every=1, evals_per_epoch=2, threads=1,
+def test_lm_trains_resumes_and_evaluates_on_a_gpu_as_on_a_cpu(tmp_path, capsys):
+    corpus = make_corpus(tmp_path / "corpus", n_train=600, n_valid=100, n_test=100)   # ~50 steps an epoch
+    cfg = tiny_config(corpus, tmp_path / "runs", epochs=2, log_every=1, evals_per_epoch=2, threads=1,
                       device="auto")
     cfg.optim.average_last = 0.5                             # the iterate average is kept on the device too
     cpu_cfg = copy.deepcopy(cfg)
@@ -186,14 +187,15 @@ def test_las_trains_resumes_and_decodes_on_a_gpu(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_both_models_train_under_cuda_bf16_autocast_with_no_lstm_left_to_its_fp16_rule(small_corpus, tmp_path, capsys):
+def test_both_models_train_under_cuda_bf16_autocast_with_no_lstm_left_to_its_fp16_rule(tmp_path, capsys):
     """precision "auto" on a GPU with bf16 units is bf16 autocast. Under the emulated autocast
     policy both trainers run (no dtype error anywhere: losses, AR/TAR, averaging, attention, CTC,
     validation, checkpoints, test-time methods), and no LSTM call reaches CUDA autocast's cuDNN rule,
     which would run it in fp16 without loss scaling."""
     import emulated_autocast
     emulated_autocast.EVENTS.clear()
-    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=1, threads=1, device="auto", precision="auto")
+    corpus = make_corpus(tmp_path / "corpus", n_train=600, n_valid=100, n_test=100)
+    cfg = tiny_config(corpus, tmp_path / "runs", epochs=1, threads=1, device="auto", precision="auto")
     cfg.optim.average_last = 0.5
     las = tiny_las_config(tmp_path / "runs", epochs=1, threads=1, n_plots=1, device="auto", precision="auto",
                           val_ctc_weight=0.3)

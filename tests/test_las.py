@@ -13,6 +13,7 @@ from lstmkit.las import (LAS, Attention, CharVocabulary, LASConfig, LASRunConfig
                          Utterance, greedy_decode, load_las, read_split, write_split)
 from lstmkit.las.model import BiLSTM, frame_mask
 from lstmkit.las.toy import generate
+from conftest import in_process
 
 
 def small_model(**kw):
@@ -183,21 +184,26 @@ def tiny_las_config(runs, **train):
 
 
 @pytest.mark.slow
-def test_cli_make_toy_train_decode_plot(tmp_path):
-    cli = [sys.executable, "-m", "lstmkit", "las"]
-    r = subprocess.run(cli + ["make-toy", str(tmp_path / "toy"), "--n-train", "64", "--n-val", "8"], capture_output=True, text=True)
+def test_cli_make_toy_train_decode_plot(tmp_path, capsys):
+    """The commands a user runs in turn; the first through ``python -m lstmkit`` (the entry point), the
+    others in this process."""
+    r = subprocess.run([sys.executable, "-m", "lstmkit", "las", "make-toy", str(tmp_path / "toy"), "--n-train", "64",
+                        "--n-val", "8"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "toy" / "train" / "feats").glob("*.npy"))) == 64
-    r = subprocess.run(cli + ["make-toy", str(tmp_path / "toy")], capture_output=True, text=True)
+
+    def cli(*args):
+        return in_process(capsys, ["las", *args])
+    r = cli("make-toy", tmp_path / "toy")
     assert r.returncode == 2 and "not empty" in r.stderr
-    r = subprocess.run(cli + ["train", "--data", str(tmp_path / "toy"), "--runs-dir", str(tmp_path / "runs"), "--run-id", "x",
-                              "--epochs", "1", "--set", "model.listener_hidden=16", "--set", "model.speller_hidden=16",
-                              "--set", "model.key_size=8", "--set", "model.embed_size=8"], capture_output=True, text=True)
+    r = cli("train", "--data", tmp_path / "toy", "--runs-dir", tmp_path / "runs", "--run-id", "x",
+            "--epochs", "1", "--set", "model.listener_hidden=16", "--set", "model.speller_hidden=16",
+            "--set", "model.key_size=8", "--set", "model.embed_size=8")
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(cli + ["decode", str(tmp_path / "runs" / "x"), str(tmp_path / "toy" / "val")], capture_output=True, text=True)
+    r = cli("decode", tmp_path / "runs" / "x", tmp_path / "toy" / "val")
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.strip().splitlines()) == 8 and "cer" in r.stderr
-    r = subprocess.run(cli + ["plot", str(tmp_path / "runs" / "x")], capture_output=True, text=True)
+    r = cli("plot", tmp_path / "runs" / "x")
     assert r.returncode == 0 and "attention_0.png" in r.stdout
     # shallow fusion with a character LM trained on the training transcripts
     text = tmp_path / "text"
@@ -205,24 +211,27 @@ def test_cli_make_toy_train_decode_plot(tmp_path):
     lines = [ln.split("\t", 1)[1] for ln in (tmp_path / "toy" / "train" / "transcripts.tsv").read_text().splitlines()]
     for name, part in (("train", lines[:56]), ("valid", lines[56:]), ("test", lines[56:])):
         (text / f"{name}.txt").write_text("\n".join(part) + "\n")
-    r = subprocess.run([sys.executable, "-m", "lstmkit", "lm", "train", "--config", "configs/lm-char-digits.toml",
-                        "--set", f'data.path="{text}"', "--set", "model.hidden_size=16", "--set", "model.emb_size=8",
-                        "--set", "data.batch_size=4", "--set", "data.bptt=20", "--set", "train.n_predictions=4",
-                        "--runs-dir", str(tmp_path / "runs"), "--run-id", "charlm", "--epochs", "1"],
-                       capture_output=True, text=True)
+    r = in_process(capsys, ["lm", "train", "--config", "configs/lm-char-digits.toml",
+                            "--set", f'data.path="{text}"', "--set", "model.hidden_size=16", "--set", "model.emb_size=8",
+                            "--set", "data.batch_size=4", "--set", "data.bptt=20", "--set", "train.n_predictions=4",
+                            "--runs-dir", tmp_path / "runs", "--run-id", "charlm", "--epochs", "1"])
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(cli + ["decode", str(tmp_path / "runs" / "x"), str(tmp_path / "toy" / "val"), "--beam", "3",
-                              "--lm", str(tmp_path / "runs" / "charlm"), "--lm-weight", "0.5"], capture_output=True, text=True)
+    r = cli("decode", tmp_path / "runs" / "x", tmp_path / "toy" / "val", "--beam", "3",
+            "--lm", tmp_path / "runs" / "charlm", "--lm-weight", "0.5")
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.strip().splitlines()) == 8 and '"cer"' in r.stderr
-    r = subprocess.run(cli + ["train", "--data", str(tmp_path / "nothing"), "--runs-dir", str(tmp_path / "runs")],
-                       capture_output=True, text=True)
+    r = cli("train", "--data", tmp_path / "nothing", "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and "data folder not found" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
 def test_short_toy_training_aligns_diagonally_and_writes_every_artifact(tmp_path):
-    trainer = LASTrainer(tiny_las_config(tmp_path), run_id="align")
+    """With the joint CTC loss on the listener, as the default toy config trains (configs/las-toy.toml),
+    the attention is a clear diagonal after 5 epochs (measured: alignment 0.92 after 3, 0.96 after 4
+    and 5; attention alone needs about 9)."""
+    cfg = tiny_las_config(tmp_path, epochs=5)
+    cfg.model.ctc_weight = 0.5
+    trainer = LASTrainer(cfg, run_id="align")
     rec = trainer.fit()
     assert rec["alignment_accuracy"] >= 0.9          # attention argmax inside each character's true frames
     assert rec["monotonic_focus"] >= 0.45            # peaked and moving forward (uniform attention: ~0.02)

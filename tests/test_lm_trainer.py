@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import in_process, tiny_config
 from lstmkit.errors import InputError
 from lstmkit.lm import LanguageModelTrainer, TestLanguageModel, load_model
 
@@ -59,35 +59,36 @@ def test_resume_rejects_non_run_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_train_eval_generate(small_corpus, tmp_path):
-    cli = [sys.executable, "-m", "lstmkit"]
+def test_cli_train_eval_generate(small_corpus, tmp_path, capsys):
+    """Training through ``python -m lstmkit`` (the entry point), then the other commands in this process."""
     sets = ["--set", f'data.path="{small_corpus}"', "--set", 'data.format="text"', "--set", "model.emb_size=16",
             "--set", "model.hidden_size=32", "--set", "model.num_layers=2", "--set", "data.batch_size=8",
             "--set", "data.bptt=12", "--set", "train.precision=\"fp32\"", "--set", "train.n_predictions=4"]
-    r = subprocess.run(cli + ["lm", "train", "--config", "configs/tiny.toml", "--runs-dir", str(tmp_path),
-                              "--run-id", "x", "--epochs", "1"] + sets, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "lstmkit", "lm", "train", "--config", "configs/tiny.toml", "--runs-dir",
+                        str(tmp_path), "--run-id", "x", "--epochs", "1"] + sets, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "dev NLL" in r.stdout
-    r = subprocess.run(cli + ["lm", "eval", str(tmp_path / "x"), "--n-contexts", "50"], capture_output=True, text=True)
+
+    def cli(*args):
+        return in_process(capsys, args)
+    r = cli("lm", "eval", tmp_path / "x", "--n-contexts", "50")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert math.isfinite(out["ppl"]) and out["fixed_context_nll"] > 0
-    r = subprocess.run(cli + ["lm", "eval", str(tmp_path / "x"), "--n-contexts", "0", "--cache", "--cache-grid",
-                              "--grid-thetas", "0.1,0.5", "--grid-lambdas", "0.1", "--window", "50", "--dynamic-eval",
-                              "--de-method", "sgd", "--de-lr", "0.1", "--de-bptt", "10"], capture_output=True, text=True)
+    r = cli("lm", "eval", tmp_path / "x", "--n-contexts", "0", "--cache", "--cache-grid",
+            "--grid-thetas", "0.1,0.5", "--grid-lambdas", "0.1", "--window", "50", "--dynamic-eval",
+            "--de-method", "sgd", "--de-lr", "0.1", "--de-bptt", "10")
     assert r.returncode == 0, r.stderr
     out2 = json.loads(r.stdout.strip().splitlines()[-1])
     assert out2["ppl"] == pytest.approx(out["ppl"]) and out2["cache_grid_valid"]["n"] == 2
     for key in ("cache", "dynamic_eval", "dynamic_eval_cache"):
         assert math.isfinite(out2[key]["ppl"]), key
-    r = subprocess.run(cli + ["lm", "generate", str(tmp_path / "x"), "--prompt", "the cat qqq", "--max-new-tokens", "3"],
-                       capture_output=True, text=True)
+    r = cli("lm", "generate", tmp_path / "x", "--prompt", "the cat qqq", "--max-new-tokens", "3")
     assert r.returncode == 0 and len(r.stdout.split()) == 3 and "<unk>" in r.stderr
     # bad input: one clear line, exit status 2, no traceback
-    r = subprocess.run(cli + ["lm", "train", "--config", "configs/tiny.toml", "--set", "model.dropout_p=1.5"],
-                       capture_output=True, text=True)
+    r = cli("lm", "train", "--config", "configs/tiny.toml", "--set", "model.dropout_p=1.5")
     assert r.returncode == 2 and "model.dropout_p" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run(cli + ["lm", "eval", str(small_corpus)], capture_output=True, text=True)
+    r = cli("lm", "eval", small_corpus)
     assert r.returncode == 2 and "not a run folder" in r.stderr
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import make_corpus, tiny_config
 from lstmkit.las import LASTrainer
 from lstmkit.lm import LanguageModelTrainer
 from test_las import tiny_las_config
@@ -38,9 +38,10 @@ def stop_at(trainer, step):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
-def test_lm_stop_then_resume_at_any_step_equals_the_uninterrupted_run(small_corpus, tmp_path, device):
+def test_lm_stop_then_resume_at_any_step_equals_the_uninterrupted_run(tmp_path, device):
     # nonmono 1: NT-ASGD switches within the run, so its trigger history must resume exactly too
-    cfg = tiny_config(small_corpus, tmp_path / "runs", epochs=2, log_every=1, evals_per_epoch=6, threads=1,
+    corpus = make_corpus(tmp_path / "corpus", n_train=800, n_valid=100, n_test=100)   # 7 runs: ~70 steps an epoch
+    cfg = tiny_config(corpus, tmp_path / "runs", epochs=2, log_every=1, evals_per_epoch=6, threads=1,
                       deterministic=True, device=device)        # what exact resume needs on a GPU (docs/gpu.md); no change on a CPU
     cfg.optim.nonmono = 1
     full = LanguageModelTrainer.from_config(copy.deepcopy(cfg), run_id="full")
@@ -79,6 +80,8 @@ def test_las_stop_then_resume_equals_the_uninterrupted_run_and_keeps_training_mo
     if device == "cuda":
         cfg.model.ctc_weight = 0.0                # CUDA's CTC backward has no deterministic kernel
     cfg.data.toy.n_train, cfg.data.toy.n_val = 320, 16
+    cfg.model.listener_hidden = cfg.model.speller_hidden = 48     # exact resume does not depend on the width
+    cfg.model.key_size = cfg.model.embed_size = 24
     cfg.model.dropout_p = 0.3                     # a validation that left eval mode on would change the losses
     cfg.optim.tf_floor, cfg.optim.tf_decay = 0.5, 0.5
     full = LASTrainer(copy.deepcopy(cfg), run_id="full")

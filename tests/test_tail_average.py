@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lstmkit.lm.trainer as trainer_mod
-from conftest import tiny_config
+from conftest import make_corpus, tiny_config
 from lstmkit.errors import InputError
 from lstmkit.lm import LanguageModelTrainer, LMConfig
 
@@ -42,7 +42,8 @@ def fit_recording(trainer, monkeypatch):
     return iterates
 
 
-def test_averaged_weights_are_the_mean_of_the_last_fraction_of_iterates(small_corpus, tmp_path, monkeypatch):
+def test_averaged_weights_are_the_mean_of_the_last_fraction_of_iterates(tmp_path, monkeypatch):
+    small_corpus = make_corpus(tmp_path / "corpus", n_train=600, n_valid=100, n_test=100)
     f = 0.3
     plain = LanguageModelTrainer.from_config(adamw_cosine(small_corpus, tmp_path / "runs", 0.0), run_id="plain")
     iterates = fit_recording(plain, monkeypatch)
@@ -77,8 +78,9 @@ def test_averaged_weights_are_the_mean_of_the_last_fraction_of_iterates(small_co
 
 
 @pytest.mark.slow
-def test_a_run_stopped_before_or_after_the_averaging_start_resumes_exactly(small_corpus, tmp_path):
-    cfg = adamw_cosine(small_corpus, tmp_path / "runs", 0.4, deterministic=True)
+def test_a_run_stopped_before_or_after_the_averaging_start_resumes_exactly(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n_train=600, n_valid=100, n_test=100)   # 7 runs: ~50 steps an epoch
+    cfg = adamw_cosine(corpus, tmp_path / "runs", 0.4, deterministic=True)
     full = LanguageModelTrainer.from_config(copy.deepcopy(cfg), run_id="full")
     res_full = full.fit()
     total = cfg.train.epochs * len(full.loader.iterator)
