@@ -43,7 +43,7 @@ from lstmkit.core.train import device_step
 from lstmkit.lm import AWDLSTM, LMConfig
 from lstmkit.lm.optim import NTASGD, activation_regularization, temporal_activation_regularization
 from lstmkit.cli_types import nonneg_int, positive_int
-from step_profile import profile_steps
+from step_profile import profile_steps, timed
 
 
 class Reference2017(nn.Module):
@@ -130,17 +130,6 @@ class PeakMemory:
         else:
             self._thread.join()
         self.mib = (self.peak - self.base) / 2 ** 20
-
-
-def timed(step, tokens, steps, warmup=1, sync=lambda: None):
-    for _ in range(warmup):
-        step()
-    sync()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return tokens * steps / (time.perf_counter() - t)
 
 
 def peak_matmul_gflops(dtype, device, trials: int = 3):

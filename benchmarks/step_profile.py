@@ -12,6 +12,19 @@ LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunc
 WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
 
+def timed(step, tokens, steps, warmup=1, sync=lambda: None) -> float:
+    """Tokens (or utterances) per second of ``steps`` calls of ``step()`` that handle ``tokens`` each,
+    after ``warmup`` calls; ``sync`` waits for queued device work before the clock is read."""
+    for _ in range(warmup):
+        step()
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return tokens * steps / (time.perf_counter() - t)
+
+
 def profile_steps(step, steps: int, device: torch.device, label: str, warmup: int = 2, top: int = 15) -> None:
     """Print the profile of ``steps`` calls of ``step()`` on ``device`` (after ``warmup`` calls)."""
     from torch.profiler import ProfilerActivity, profile
@@ -20,14 +33,7 @@ def profile_steps(step, steps: int, device: torch.device, label: str, warmup: in
     def sync():
         if cuda:
             torch.cuda.synchronize(device)
-    for _ in range(warmup):
-        step()
-    sync()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    wall_ms = 1e3 * (time.perf_counter() - t) / steps                  # without the profiler
+    wall_ms = 1e3 / timed(step, 1, steps, warmup, sync)                 # without the profiler
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         for _ in range(steps):

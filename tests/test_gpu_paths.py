@@ -379,15 +379,16 @@ def train_without_host_reads(trainer, device, run_epoch):
 
 @pytest.mark.parametrize("device, softmax", [(d, "full") for d in WITH_EMULATED] +
                          [(d, "adaptive") for d in WITH_EMULATED if d != "cpu"])
-def test_lm_training_steps_read_nothing_back_between_sync_points(small_corpus, tmp_path, device, softmax):
+def test_lm_training_steps_read_nothing_back_between_sync_points(tmp_path, device, softmax):
     """The whole LM step - batch to the device, dropout masks, WeightDrop, loss (full or adaptive
     softmax), AR/TAR, clipping, the finiteness guard, NT-ASGD - runs without a host read; only the
     trainer's read of the pending losses (at log points and the epoch's end) does one. (On a CPU the
     adaptive softmax checks the target ids and sizes its clusters on the host: no sync there.)"""
-    from conftest import tiny_config
+    from conftest import make_corpus, tiny_config
     from lstmkit.lm import LanguageModelTrainer
     device, context = on(device)
-    cfg = tiny_config(small_corpus, tmp_path / "runs", log_every=1000, evals_per_epoch=1, device=device)
+    corpus = make_corpus(tmp_path / "corpus", n_train=600, n_valid=100, n_test=100)    # ~50 steps
+    cfg = tiny_config(corpus, tmp_path / "runs", log_every=1000, evals_per_epoch=1, device=device)
     if softmax == "adaptive":
         cfg.model.softmax, cfg.model.adaptive_cutoffs, cfg.model.adaptive_div = "adaptive", [10, 40], 2.0
     with context:
