@@ -1,4 +1,5 @@
 import os
+import subprocess
 import numpy as np
 import pytest
 
@@ -144,23 +145,19 @@ def on_elsewhere(tree):
     return tree
 
 
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-def in_process(capsys, args) -> Result:
+def in_process(capsys, args) -> subprocess.CompletedProcess:
     """``lstmkit ARGS`` run by ``lstmkit.cli.main`` in this process (no interpreter and torch start-up
-    per command); argparse's exit status is kept."""
+    per command), as ``subprocess.run(..., capture_output=True, text=True)`` would report it;
+    argparse's exit status is kept."""
     import torch
     from lstmkit.cli import main
     capsys.readouterr()
     threads = torch.get_num_threads()
     try:
         rc = main([str(a) for a in args])
-    except SystemExit as e:
+    except SystemExit as e:          # argparse usage errors
         rc = e.code
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr()
-    return Result(rc, out.out, out.err)
+    return subprocess.CompletedProcess(["lstmkit", *map(str, args)], rc, out.out, out.err)

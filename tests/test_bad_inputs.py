@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_corpus, snapshot, tiny_config
-from lstmkit.cli import main
+from conftest import in_process, make_corpus, snapshot, tiny_config
 from lstmkit.errors import InputError
 from lstmkit.las.data import Utterance, write_split
 from lstmkit.lm import LanguageModelTrainer, TestLanguageModel, load_model
@@ -19,11 +18,8 @@ from lstmkit.las.toy import ToyConfig, generate
 
 
 def run_cli(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:          # argparse usage errors
-        code = e.code
-    return code, capsys.readouterr().err
+    r = in_process(capsys, argv)
+    return r.returncode, r.stderr
 
 
 def speech_folder(root, name, mutate):

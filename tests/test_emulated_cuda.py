@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_corpus, tiny_config
+from conftest import in_process, make_corpus, tiny_config
 from emulated_cuda import OnGPU, emulated_cuda, plain
 from lstmkit.cli import main
 from lstmkit.errors import InputError
@@ -29,9 +29,9 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the emulated 
 
 def cli_json(capsys, argv, stream: str = "out") -> dict:
     """The JSON line a command prints last on ``stream``."""
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 0
-    return json.loads(getattr(capsys.readouterr(), stream).strip().splitlines()[-1])
+    r = in_process(capsys, argv)
+    assert r.returncode == 0, r.stderr
+    return json.loads(getattr(r, "std" + stream).strip().splitlines()[-1])
 
 
 def test_the_emulated_gpu_refuses_what_a_gpu_refuses():

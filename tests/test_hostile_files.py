@@ -12,8 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import make_corpus, snapshot, tiny_config
-from lstmkit.cli import main
+from conftest import in_process, make_corpus, snapshot, tiny_config
 from lstmkit.core.checkpoint import load_checkpoint
 from lstmkit.errors import InputError
 from lstmkit.las.data import Utterance, read_split, write_split
@@ -31,12 +30,8 @@ def lm_run(tmp_path_factory):
 
 
 def cli(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    err = capsys.readouterr().err
-    return code, err
+    r = in_process(capsys, argv)
+    return r.returncode, r.stderr
 
 
 def victim(tmp_path):
