@@ -97,15 +97,78 @@ def test_forward_values_describe_only_the_audio_so_far(direction):
     assert torch.allclose(v1[:, :8], v2[:, :8]) == (direction == "forward")
 
 
-def test_char_dropout_only_acts_in_training():
-    m = small_model(char_dropout_p=0.5)
-    x, lens, inp = torch.randn(2, 9, 40), torch.tensor([9, 6]), torch.randint(3, 10, (2, 5))
-    m.eval()
-    a, b = m(x, lens, inp)[0], m(x, lens, inp)[0]
-    assert torch.equal(a, b)
-    m.train()
-    g = torch.Generator().manual_seed(0)
-    assert not torch.allclose(m(x, lens, inp, generator=g)[0], a)
+
+def stepped(m, x, lens, inp, tf_rate=1.0, generator=None):
+    """LAS.forward by its definition: ``Speller.step`` one character at a time (eval mode: no dropout)."""
+    keys, values, ln = m.listener(x, lens)
+    mask = frame_mask(ln, keys.size(1))
+    state = m.speller.init_state(keys, values, mask)
+    outs, ws, prev = [], [], inp[:, 0]
+    for t in range(inp.size(1)):
+        o, state, w = m.speller.step(prev, state, keys, values, mask)
+        outs.append(o)
+        ws.append(w)
+        if t + 1 < inp.size(1):
+            own = torch.rand(prev.shape, generator=generator) >= tf_rate
+            prev = torch.where(own, o.argmax(-1), inp[:, t + 1]) if tf_rate < 1 else inp[:, t + 1]
+    return torch.stack(outs, 1), torch.stack(ws, 1)
+
+
+@pytest.mark.parametrize("location", [0, 3])
+@pytest.mark.parametrize("tf_rate", [1.0, 0.5])
+def test_teacher_forcing_runs_the_output_layer_once_and_equals_stepping(location, tf_rate):
+    """The output layer runs once over all steps (with autograd; below tf_rate 1 also once a step
+    without, for the fed-back guess); logits, attention and gradients are those of running
+    ``Speller.step`` (recurrence + output layer) one character at a time."""
+    m = small_model(location_channels=location, location_kernel=3).eval()   # no dropout: same numbers
+    x, lens, inp = torch.randn(3, 11, 40), torch.tensor([11, 8, 5]), torch.randint(3, 10, (3, 6))
+    calls = []
+    hook = m.speller.out.register_forward_hook(lambda mod, a, out: calls.append((a[0].shape, a[0].requires_grad)))
+    logits, att = m(x, lens, inp, tf_rate=tf_rate, generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    guesses = [(torch.Size([3, 8]), False)] * 5 if tf_rate < 1 else []
+    assert calls == guesses + [(torch.Size([3, 6, 8]), True)]      # not L calls with autograd
+    ref_logits, ref_att = stepped(m, x, lens, inp, tf_rate, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(att, ref_att, rtol=1e-5, atol=1e-6)
+    grads = []
+    for out in (logits, ref_logits):
+        m.zero_grad()
+        out.square().sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for g, r in zip(*grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_own_guesses_are_the_argmax_of_the_returned_logits_under_dropout():
+    """In training, the character fed back is the argmax of the logits the loss sees at that step
+    (one dropout mask for both), as when every step computed its logits with autograd."""
+    m = small_model(dropout_p=0.5).train()
+    fed = []
+    m.speller.embed.register_forward_hook(lambda mod, a, out: fed.append(a[0]))
+    inp = torch.randint(3, 10, (8, 12))
+    x = torch.randn(8, 15, 40)
+    logits, _ = m(x, torch.full((8,), 15), inp, tf_rate=0.0)
+    assert len(fed) == 12 and torch.equal(fed[0], inp[:, 0])
+    for t in range(11):
+        assert torch.equal(fed[t + 1], logits[:, t].argmax(-1)), t
+    again, _ = m(x, torch.full((8,), 15), inp, tf_rate=0.0)
+    assert not torch.allclose(logits, again)                       # dropout is on
+
+
+def test_char_dropout_hides_previous_characters_at_its_rate_and_never_sos():
+    m = small_model(char_dropout_p=0.3).train()
+    fed = []
+    m.speller.embed.register_forward_hook(lambda mod, a, out: fed.append(a[0]))
+    inp = torch.randint(3, 10, (400, 25))
+    inp[:, 0] = 1
+    for tf in (1.0, 0.999):       # characters embedded at once, and step by step
+        fed.clear()
+        m(torch.randn(400, 6, 40), torch.full((400,), 6), inp, tf_rate=tf, generator=torch.Generator().manual_seed(1))
+        ids = fed[0] if len(fed) == 1 else torch.stack(fed, 1)
+        assert ids.shape == inp.shape and torch.equal(ids[:, 0], inp[:, 0])
+        hidden = (ids[:, 1:] == 0).float().mean().item()
+        assert abs(hidden - 0.3) < 0.015, (tf, hidden)      # 9,600 draws: sd 0.0047, seeded
 
 
 def test_greedy_decode_equals_teacher_forcing_on_its_own_output_and_stops_at_eos():

@@ -189,7 +189,9 @@ class Attention(nn.Module):
         if self.location is not None and previous is not None:
             f = self.location(previous.to(keys.dtype).unsqueeze(1))               # (N, C, S)
             energy = energy + torch.bmm(self.location_query(query).unsqueeze(1), f).squeeze(1)
-        energy = (energy * self.scale).float().masked_fill(~mask, float("-inf"))
+        if self.scale != 1.0:                      # one kernel less a step (and in backward) for the paper's form
+            energy = energy * self.scale
+        energy = torch.where(mask, energy.float(), float("-inf"))                # one kernel, not ~mask + masked_fill
         weights = energy.softmax(-1)                                           # (N, S), 0 at padding
         context = torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (N, A)
         return context, weights
@@ -235,7 +237,11 @@ class SpellerState(NamedTuple):
 class Speller(nn.Module):
     """Character decoder: embedding, two LSTMCells, attention, output from [state; context].
 
-    ``step`` is one output step; teacher forcing, greedy and beam search all call it.
+    ``step`` is one output step; greedy and beam search call it. It is ``embed``, ``recur`` (the
+    recurrent part: cells and attention, -> state with ``s_i``, ``c_i``) and ``output``
+    (``[s_i; c_i]`` -> logits).
+    Only a model-fed previous character takes the output back into the recurrence, so teacher
+    forcing (LAS.forward) runs ``recur`` per step and ``output`` once over all steps.
     """
 
     def __init__(self, cfg: LASConfig):
@@ -263,7 +269,18 @@ class Speller(nn.Module):
 
     def step(self, prev: torch.Tensor, state: SpellerState, keys, values, mask):
         """prev (N,) previous characters -> logits (N, C), new state, attention (N, S)."""
-        x = torch.cat([self.embed(prev), state.context], -1)
+        state, w = self.recur(self.embed(prev), state, keys, values, mask)
+        return self.output(torch.cat([state.h2, state.context], -1)), state, w
+
+    def output(self, features: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``[s_i; c_i]`` (..., H + A) -> logits (..., C), for one step or (N, L, H + A) at once.
+        ``keep``: a dropout mask already scaled by 1/(1-p), used instead of drawing one."""
+        features = self.drop(features) if keep is None else features * keep
+        return self.out(torch.tanh(self.proj(features)))
+
+    def recur(self, embedded: torch.Tensor, state: SpellerState, keys, values, mask):
+        """embedded previous characters (N, E) -> new state (``s_i`` = h2, ``c_i`` = context), attention (N, S)."""
+        x = torch.cat([embedded, state.context], -1)
         h1, c1 = lstm_cell(self.cell1, x, (state.h1, state.c1))
         h2, c2 = lstm_cell(self.cell2, self.drop(h1), (state.h2, state.c2))
         if self.window and not self.training:   # decoding: no jumps back, at most `window` frames ahead
@@ -272,8 +289,7 @@ class Speller(nn.Module):
             near = (t >= peak - 1) & (t <= peak + self.window)
             mask = mask & (near | ~(mask & near).any(-1, keepdim=True))               # never empty a row
         ctx, w = self.attention(self.query(h2), keys, values, mask, state.weights)
-        logits = self.out(torch.tanh(self.proj(self.drop(torch.cat([h2, ctx], -1)))))
-        return logits, SpellerState(h1, c1, h2, c2, ctx, w), w
+        return SpellerState(h1, c1, h2, c2, ctx, w), w
 
 
 class LAS(nn.Module):
@@ -302,25 +318,47 @@ class LAS(nn.Module):
         ``listened`` = ``self.listener(features, lengths)`` when the caller already has it.
 
         Returns logits (N, L, C) and attention weights (N, L, S').
+
+        The output layer runs once over all L steps, after the recurrence (fewer, larger kernels,
+        forward and backward: on a GPU a speller step's time goes by its kernel launches). At
+        ``tf_rate`` 1 the previous characters are also embedded at once. Below 1, each step's own
+        guess is the argmax of the same logits (the same dropout mask, drawn for all steps before
+        the loop), computed without autograd at that step.
         """
         keys, values, lens = listened if listened is not None else self.listener(features, lengths)
         mask = frame_mask(lens, keys.size(1))
-        state = self.speller.init_state(keys, values, mask)
-        logits, atts = [], []
+        sp = self.speller
+        state = sp.init_state(keys, values, mask)
+        hide_p = self.config.char_dropout_p if self.training else 0.0   # hide the previous character: lean on audio
+        n, length = inputs.shape
+        embedded, keep = None, None
+        if tf_rate >= 1.0:                  # every previous character is known now: embed them at once
+            prev = inputs
+            if hide_p > 0 and length > 1:   # one draw for all steps, step-major (L-1, N)
+                hide = torch.rand((length - 1, n), generator=generator, device=inputs.device).t() < hide_p
+                prev = torch.cat([inputs[:, :1], inputs[:, 1:].masked_fill(hide, 0)], 1)
+            embedded = sp.embed(prev).unbind(1)   # its backward is one stack, not L zero-filled copies
+        elif self.training and sp.drop.p > 0:     # the output layer's dropout mask, for the guesses and the loss
+            d = sp.cell2.hidden_size + keys.size(2)
+            keep = torch.rand((n, length, d), device=keys.device).ge_(sp.drop.p).div_(1.0 - sp.drop.p)
+        h2s, ctxs, atts = [], [], []
         prev = inputs[:, 0]
-        for t in range(inputs.size(1)):
-            out, state, w = self.speller.step(prev, state, keys, values, mask)
-            logits.append(out)
+        for t in range(length):
+            state, w = sp.recur(embedded[t] if embedded is not None else sp.embed(prev), state, keys, values, mask)
+            h2s.append(state.h2)
+            ctxs.append(state.context)
             atts.append(w)
-            if t + 1 < inputs.size(1):
-                prev = inputs[:, t + 1]
-                if tf_rate < 1.0:
-                    own = torch.rand(prev.shape, generator=generator, device=prev.device) >= tf_rate
-                    prev = torch.where(own, out.argmax(-1), prev)
-                if self.training and self.config.char_dropout_p > 0:   # hide the previous character: lean on audio
-                    hide = torch.rand(prev.shape, generator=generator, device=prev.device) < self.config.char_dropout_p
+            if embedded is None and t + 1 < length:   # feed its own guess with probability 1 - tf_rate
+                with torch.no_grad():
+                    joined = torch.cat([state.h2, state.context], -1)
+                    guess = sp.output(joined, None if keep is None else keep[:, t]).argmax(-1)
+                own = torch.rand(prev.shape, generator=generator, device=prev.device) >= tf_rate
+                prev = torch.where(own, guess, inputs[:, t + 1])
+                if hide_p > 0:
+                    hide = torch.rand(prev.shape, generator=generator, device=prev.device) < hide_p
                     prev = prev.masked_fill(hide, 0)
-        return torch.stack(logits, 1), torch.stack(atts, 1)
+        logits = sp.output(torch.cat([torch.stack(h2s, 1), torch.stack(ctxs, 1)], -1), keep)
+        return logits, torch.stack(atts, 1)
 
 
 def las_loss(model: LAS, features, lengths, inputs, targets, tf_rate: float = 1.0,
