@@ -126,7 +126,8 @@ def run(args, cfg):
         def step():
             device_step(lambda: las_loss(tr.model, x, lens, inp, tgt), tr.opt, tr.model.parameters(), 1.0, tr.runtime)
         profile_steps(step, args.profile, tr.runtime.device,
-                      f"lstmkit's row (the trainer's loss: ctc_weight {cfg.model.ctc_weight}, batch of {len(bucketed[0])})")
+                      f"lstmkit's row (the trainer's loss: ctc_weight {cfg.model.ctc_weight}, batch of {len(bucketed[0])})",
+                      per=(inp.size(1), "output character"))
 
 
 if __name__ == "__main__":

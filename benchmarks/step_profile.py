@@ -25,8 +25,27 @@ def timed(step, tokens, steps, warmup=1, sync=lambda: None) -> float:
     return tokens * steps / (time.perf_counter() - t)
 
 
-def profile_steps(step, steps: int, device: torch.device, label: str, warmup: int = 2, top: int = 15) -> None:
-    """Print the profile of ``steps`` calls of ``step()`` on ``device`` (after ``warmup`` calls)."""
+def count_ops(step) -> int:
+    """PyTorch operators one call of ``step()`` dispatches (forward, backward, optimizer; views
+    included): on a GPU, where small steps wait on the host, its kernel launches follow this count,
+    and it is the same on every device, so it can be compared on a CPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+    with Count():
+        step()
+    return Count.n
+
+
+def profile_steps(step, steps: int, device: torch.device, label: str, warmup: int = 2, top: int = 15,
+                  per: tuple[int, str] | None = None) -> None:
+    """Print the profile of ``steps`` calls of ``step()`` on ``device`` (after ``warmup`` calls);
+    ``per = (count, unit)`` also prints the operators per unit (e.g. per output character)."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"
 
@@ -58,6 +77,9 @@ def profile_steps(step, steps: int, device: torch.device, label: str, warmup: in
             waits[e.key] += e.count
         if e.key in LAUNCHES:
             launches += e.count
+    ops = count_ops(step)
+    print(f"# per step: {ops} PyTorch operators dispatched (views included)"
+          + (f", {ops / per[0]:.1f} per {per[1]} ({per[0]} a step)" if per else ""))
     if cuda:
         print(f"# per step: {launches / steps:.0f} kernel launches; host waits: "
               + ", ".join(f"{k} {v / steps:g}" for k, v in waits.items()) + " (the last sync() of the loop counts once)")

@@ -42,6 +42,7 @@ def test_bench_lm_train_prints_the_reference_and_lstmkit_rows_and_a_profile():
     assert all(float(r[2]) > 0 and float(r[1].replace(",", "")) > 0 for r in rows[1:]), out
     assert re.search(r"# profile of 1 training steps .* ms per step", out), out
     assert re.search(r"#\s+[\d.]+%\s+[\d.]+ ms/step", out), out
+    assert int(re.search(r"# per step: (\d+) PyTorch operators dispatched", out)[1]) > 20, out
 
 
 @pytest.mark.slow
@@ -66,6 +67,8 @@ def test_bench_las_prints_lstmkit_against_the_plain_reference(tmp_path):
     assert all(float(v) > 0 for v in re.findall(r"\s([\d.]+)", rows["ratio"])), out
     assert re.search(r"# profile of 1 training steps of lstmkit's row .*ctc_weight 0.5.* ms per step", out), out
     assert re.search(r"#\s+[\d.]+%\s+[\d.]+ ms/step .*ctc_loss", out), out      # the trainer's loss, CTC included
+    ops = re.search(r"# per step: (\d+) PyTorch operators dispatched .*, ([\d.]+) per output character \((\d+) a step\)", out)
+    assert ops and abs(int(ops[1]) / int(ops[3]) - float(ops[2])) < 0.05 and float(ops[2]) > 50, out
 
 
 def test_check_las_precision_runs_and_lstm_cell_keeps_the_small_updates():
