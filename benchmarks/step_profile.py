@@ -35,11 +35,11 @@ def count_ops(step) -> int:
         n = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.n += 1
+            self.n += 1
             return func(*args, **(kwargs or {}))
-    with Count():
+    with Count() as counter:
         step()
-    return Count.n
+    return counter.n
 
 
 def profile_steps(step, steps: int, device: torch.device, label: str, warmup: int = 2, top: int = 15,

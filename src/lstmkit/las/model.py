@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.weight_drop import run_lstm
+from ..nn.weight_drop import dropout_mask, run_lstm
 
 
 @dataclass
@@ -340,7 +340,7 @@ class LAS(nn.Module):
             embedded = sp.embed(prev).unbind(1)   # its backward is one stack, not L zero-filled copies
         elif self.training and sp.drop.p > 0:     # the output layer's dropout mask, for the guesses and the loss
             d = sp.cell2.hidden_size + keys.size(2)
-            keep = torch.rand((n, length, d), device=keys.device).ge_(sp.drop.p).div_(1.0 - sp.drop.p)
+            keep = dropout_mask((n, length, d), sp.drop.p, keys.device)
         h2s, ctxs, atts = [], [], []
         prev = inputs[:, 0]
         for t in range(length):

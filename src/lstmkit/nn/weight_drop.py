@@ -20,6 +20,16 @@ import torch
 from torch import nn
 
 
+def dropout_mask(shape, p: float, device: torch.device | str | None = None) -> torch.Tensor:
+    """fp32 mask of ``shape``: 0 with probability ``p``, else 1/(1-p); drawn as ``uniform[0, 1) >= p``
+    (see :func:`drop_connect`).
+
+    >>> sorted(set(dropout_mask((2, 4), 0.5).flatten().tolist())) in ([0.0, 2.0], [0.0], [2.0])
+    True
+    """
+    return torch.rand(shape, device=device, dtype=torch.float32).ge_(p).div_(1.0 - p)
+
+
 def drop_connect(w: torch.Tensor, p: float) -> torch.Tensor:
     """``w`` with each element zeroed with probability ``p`` and the rest scaled by 1/(1-p)
     (DropConnect, Wan et al. 2013; what ``F.dropout(w, p, training=True)`` computes).
@@ -33,8 +43,7 @@ def drop_connect(w: torch.Tensor, p: float) -> torch.Tensor:
     >>> sorted(set(drop_connect(w, 0.5).flatten().tolist())) in ([0.0, 2.0], [0.0], [2.0])
     True
     """
-    mask = torch.rand(w.shape, device=w.device, dtype=torch.float32).ge_(p).div_(1.0 - p)
-    return w * mask.to(w.dtype)
+    return w * dropout_mask(w.shape, p, w.device).to(w.dtype)
 
 
 class FlatLayout(NamedTuple):
